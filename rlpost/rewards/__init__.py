@@ -1,0 +1,55 @@
+"""Reward modules: one contract for LM trainers, flow trainers, eval runs and scripts.
+
+``get_reward(name, **options)`` builds a registered module (``list_rewards()`` shows them), ``to_trl(module)`` turns
+one into a TRL reward function and ``from_trl(fn)`` goes the other way. Only stdlib-backed modules are imported
+here; modules with heavy optional dependencies (LAMMPS, diffusers, judge models) register lazily through
+:func:`register_lazy_reward` and are imported on first use.
+"""
+
+from rlpost.rewards.base import (
+    ALWAYS_AVAILABLE_FIELDS,
+    FAILURE_METRICS,
+    MissingFieldError,
+    RewardError,
+    RewardLengthError,
+    RewardModule,
+    RewardOutput,
+    TRLRewardFunction,
+    WeightedSum,
+    as_text,
+    from_trl,
+    to_trl,
+    validate_fields,
+)
+from rlpost.rewards.registry import (
+    UnknownRewardError,
+    get_reward,
+    list_rewards,
+    register_lazy_reward,
+    register_reward,
+)
+from rlpost.rewards.runner import CallResult, run_calls
+from rlpost.rewards import text as _text  # noqa: F401  (registers the built-in text rewards)
+
+__all__ = [
+    "ALWAYS_AVAILABLE_FIELDS",
+    "FAILURE_METRICS",
+    "CallResult",
+    "MissingFieldError",
+    "RewardError",
+    "RewardLengthError",
+    "RewardModule",
+    "RewardOutput",
+    "TRLRewardFunction",
+    "UnknownRewardError",
+    "WeightedSum",
+    "as_text",
+    "from_trl",
+    "get_reward",
+    "list_rewards",
+    "register_lazy_reward",
+    "register_reward",
+    "run_calls",
+    "to_trl",
+    "validate_fields",
+]

@@ -1,0 +1,6 @@
+"""Trainers: thin orchestration over TRL, delegating math to rlpost.algorithms and scoring to rlpost.rewards."""
+
+from rlpost.trainers.grpo import GRPOConfig, GRPOTrainer
+from rlpost.trainers.sft import SFTConfig, SFTTrainer
+
+__all__ = ["GRPOConfig", "GRPOTrainer", "SFTConfig", "SFTTrainer"]

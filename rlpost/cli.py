@@ -1,0 +1,155 @@
+"""The ``rlpost`` command: train, list, report, eval, bench-quality.
+
+    rlpost train recipes/quickstart.yaml grpo.max_steps=50 seed=1
+    rlpost list recipes|rewards|envs|advantages
+    rlpost report runs/quickstart
+    rlpost eval recipes/quickstart.yaml --model runs/quickstart/1-grpo/final
+    rlpost bench-quality --scores scores.csv
+
+Under ``accelerate launch -m rlpost.cli train ...`` every process runs the same recipe (DDP / DeepSpeed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+def _env_defaults() -> None:
+    # Nothing in rlpost needs an account or a hub: offline unless the user says otherwise.
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def cmd_train(args) -> int:
+    from rlpost.config import load_recipe
+    from rlpost.pipeline import run_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)  # validates everything before a model loads
+    results = run_recipe(recipe)
+    accuracy = results["accuracy"]
+    if accuracy:
+        print("\nheld-out accuracy: " + " | ".join(f"{k}: {v:.3f}" for k, v in accuracy.items()))
+    print(f"run directory: {results['run_dir']}")
+    return 0
+
+
+def cmd_list(args) -> int:
+    if args.what == "recipes":
+        for path in sorted(RECIPES_DIR.rglob("*.yaml")):
+            if "accelerate" in path.parts:
+                continue
+            print(f"{path.relative_to(RECIPES_DIR)}: {_recipe_summary(path)}")
+    elif args.what == "rewards":
+        from rlpost.rewards import list_rewards
+
+        for name, description in sorted(list_rewards().items()):
+            print(f"{name}: {description}")
+    elif args.what == "envs":
+        from rlpost.envs import TASKS
+
+        for name, cls in sorted(TASKS.items()):
+            print(f"{name}: {(cls.__doc__ or '').strip().splitlines()[0]}")
+    elif args.what == "advantages":
+        from rlpost.algorithms.advantages import list_advantages
+
+        for name in list_advantages():
+            print(name)
+    return 0
+
+
+def _recipe_summary(path: Path) -> str:
+    """First comment line of a recipe file."""
+    for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+    return ""
+
+
+def cmd_report(args) -> int:
+    from rlpost.logging import write_report
+
+    paths = write_report(args.run_dir, args.out)
+    if not paths:
+        print(f"No plottable metrics in {args.run_dir}/metrics.jsonl.", file=sys.stderr)
+        return 1
+    for path in paths:
+        print(path)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from rlpost.config import load_recipe
+    from rlpost.envs import TASKS
+    from rlpost.eval.generation import exact_match_accuracy
+    from rlpost.models import load_causal_lm, load_tokenizer
+    from rlpost.pipeline import _heldout
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    task = TASKS[recipe.data.task](**recipe.data.task_options) if recipe.data.task else None
+    heldout = _heldout(recipe, task)
+    if heldout is None:
+        print("The recipe has no held-out data (data.task or data.heldout_files).", file=sys.stderr)
+        return 2
+    tokenizer = load_tokenizer(args.model)
+    model = load_causal_lm(args.model)
+    accuracy, correct = exact_match_accuracy(
+        model, tokenizer, heldout["prompt"], heldout["answer"], max_new_tokens=recipe.eval.max_new_tokens,
+        batch_size=recipe.eval.batch_size, progress=True,
+    )
+    print(f"held-out accuracy: {accuracy:.3f} ({sum(correct)}/{len(correct)})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlpost", description="RL post-training toolkit (GRPO / SFT / EAFT).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="run a recipe (YAML) with key=value overrides")
+    train.add_argument("recipe")
+    train.add_argument("overrides", nargs="*", help="dotted key=value, e.g. grpo.learning_rate=1e-4")
+    train.set_defaults(func=cmd_train)
+
+    listing = sub.add_parser("list", help="list registered recipes, rewards, envs or advantages")
+    listing.add_argument("what", choices=["recipes", "rewards", "envs", "advantages"])
+    listing.set_defaults(func=cmd_list)
+
+    report = sub.add_parser("report", help="draw PNG plots from a run directory (offline)")
+    report.add_argument("run_dir")
+    report.add_argument("--out", default=None, help="output folder (default RUN_DIR/plots)")
+    report.set_defaults(func=cmd_report)
+
+    evaluate = sub.add_parser("eval", help="held-out exact-match accuracy of a model on a recipe's data")
+    evaluate.add_argument("recipe")
+    evaluate.add_argument("overrides", nargs="*")
+    evaluate.add_argument("--model", required=True, help="local folder or hub id")
+    evaluate.set_defaults(func=cmd_eval)
+
+    from rlpost.eval import bench_quality
+
+    quality = sub.add_parser("bench-quality", help="Benchmark² quality metrics (CBRC, DS, CAD, BQS) and subsets")
+    bench_quality.add_arguments(quality)
+    quality.set_defaults(func=bench_quality.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    _env_defaults()
+    args = build_parser().parse_args(argv)
+    from rlpost.config import ConfigError
+
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"rlpost: invalid recipe: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

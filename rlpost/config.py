@@ -1,0 +1,273 @@
+"""Recipes: YAML files validated into typed dataclasses before any model loads.
+
+A recipe reads top to bottom: the model, where the data comes from, how to evaluate, then one or more training
+stages (``sft`` then ``grpo`` in the quickstart). ``key=value`` overrides from the command line use dotted paths
+(``stages.1.args.learning_rate=1e-4``) or the trainer name as a shorthand (``grpo.learning_rate=1e-4``).
+
+Every key is checked: an unknown one fails with the closest valid name, a value of the wrong type fails naming the
+key and the expected type, and each stage's ``args`` are checked against that trainer's config dataclass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["ConfigError", "Recipe", "apply_overrides", "load_recipe", "trainer_config_class"]
+
+
+class ConfigError(ValueError):
+    """A recipe or override is invalid; the message names the key and the fix."""
+
+
+@dataclass
+class ModelSpec:
+    """``name_or_path``: ``tiny:qwen2`` / ``tiny:llama`` (offline random init), a local folder, or a hub id."""
+
+    name_or_path: str = "tiny:qwen2"
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    seed: int = 0
+    tokenizer_vocab_size: int = 64
+    trust_remote_code: bool = False
+    torch_dtype: str | None = None
+
+
+@dataclass
+class DataSpec:
+    """Either a built-in ``task`` (with ``task_options``) or local files (json/jsonl/csv/parquet)."""
+
+    task: str | None = None
+    task_options: dict[str, Any] = field(default_factory=dict)
+    train_files: list[str] = field(default_factory=list)
+    heldout_files: list[str] = field(default_factory=list)
+
+
+@dataclass
+class EvalSpec:
+    """Held-out exact-match evaluation before training and after each stage (greedy decoding)."""
+
+    enabled: bool = True
+    max_new_tokens: int = 8
+    batch_size: int = 64
+    max_items: int | None = None
+
+
+@dataclass
+class TrackingSpec:
+    wandb: str = "offline"
+    project: str = "rlpost"
+    plots: bool = True
+
+
+@dataclass
+class RewardSpec:
+    """A reward module by registry name (or ``module.path:Class``), its weight and constructor options."""
+
+    name: str = ""
+    weight: float = 1.0
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StageSpec:
+    trainer: str = ""
+    args: dict[str, Any] = field(default_factory=dict)
+    rewards: list[RewardSpec] = field(default_factory=list)
+    split: str | None = None  # which task split feeds this stage; default by trainer (sft -> "sft", grpo -> "rl")
+
+
+@dataclass
+class Recipe:
+    name: str = "run"
+    seed: int = 0
+    output_dir: str = "runs/run"
+    resume: bool = False
+    model: ModelSpec = field(default_factory=ModelSpec)
+    data: DataSpec = field(default_factory=DataSpec)
+    eval: EvalSpec = field(default_factory=EvalSpec)
+    tracking: TrackingSpec = field(default_factory=TrackingSpec)
+    stages: list[StageSpec] = field(default_factory=list)
+
+
+TRAINERS = ("sft", "grpo")
+
+
+def trainer_config_class(trainer: str):
+    """The config dataclass a stage's ``args`` are checked against."""
+    from rlpost.trainers import GRPOConfig, SFTConfig
+
+    classes = {"sft": SFTConfig, "grpo": GRPOConfig}
+    if trainer not in classes:
+        raise ConfigError(_unknown("trainer", trainer, list(classes)))
+    return classes[trainer]
+
+
+# -- loading and validation -------------------------------------------------------------------------------------------
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read a YAML recipe, apply ``key=value`` overrides, and validate everything (no model is loaded)."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"Recipe {str(path)!r} does not exist. `rlpost list recipes` shows the bundled ones.")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"Recipe {path} must be a YAML mapping at the top level.")
+    raw = apply_overrides(raw, overrides or [])
+    recipe = _build(Recipe, raw, "")
+    _validate_recipe(recipe)
+    return recipe
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a raw recipe dict, in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"Override {item!r} must look like key=value (e.g. grpo.learning_rate=1e-4).")
+        key, _, text = item.partition("=")
+        value = yaml.safe_load(text) if text != "" else None
+        parts = key.strip().split(".")
+        stages = raw.setdefault("stages", [])
+        if parts[0] in TRAINERS and parts[0] not in raw:  # shorthand: grpo.lr -> stages[i].args.lr
+            matches = [i for i, s in enumerate(stages) if s.get("trainer") == parts[0]]
+            if len(matches) != 1:
+                raise ConfigError(
+                    f"Override {key!r}: the recipe has {len(matches)} '{parts[0]}' stages; use stages.N.args.<key>."
+                )
+            rest = parts[1:]
+            if rest and rest[0] not in ("args", "rewards", "split"):
+                rest = ["args", *rest]
+            parts = ["stages", str(matches[0]), *rest]
+        node: Any = raw
+        for depth, part in enumerate(parts[:-1]):
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"Override {key!r}: {'.'.join(parts[: depth + 1])} is not a valid list index.")
+                node = node[int(part)]
+            else:
+                node = node.setdefault(part, {})
+        last = parts[-1]
+        if isinstance(node, list):
+            if not last.isdigit() or int(last) >= len(node):
+                raise ConfigError(f"Override {key!r}: {last!r} is not a valid list index.")
+            node[int(last)] = value
+        else:
+            node[last] = value
+    return raw
+
+
+def _build(cls, raw: Any, where: str):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where or 'recipe'} must be a mapping, got {type(raw).__name__}: {raw!r}.")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in raw.items():
+        path = f"{where}.{key}" if where else key
+        if key not in fields:
+            raise ConfigError(_unknown(path, key, list(fields)))
+        kwargs[key] = _coerce(typing.get_type_hints(cls)[key], value, path)
+    return cls(**kwargs)
+
+
+def _coerce(hint, value, path: str):
+    """Check ``value`` against a type hint, converting the YAML-ambiguous cases (int -> float, '1e-4' -> float)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return _coerce(option, value, path)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{path}: invalid value {value!r}.")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{path} must be a list, got {value!r}.")
+        (item,) = typing.get_args(hint) or (Any,)
+        return [_coerce(item, v, f"{path}.{i}") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path} must be a mapping, got {value!r}.")
+        return dict(value)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, path)
+    if origin is typing.Literal:
+        if value not in typing.get_args(hint):
+            raise ConfigError(f"{path} must be one of {list(typing.get_args(hint))}, got {value!r}.")
+        return value
+    if hint is Any:
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path} must be true or false, got {value!r}.")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)  # YAML reads 1e-4 (no dot) as a string
+            except ValueError:
+                pass
+        raise ConfigError(f"{path} must be a number, got {value!r}.")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path} must be an integer, got {value!r}.")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{path} must be a string, got {value!r}.")
+    return value
+
+
+def _unknown(path: str, key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return f"Unknown key {path!r}.{hint} Valid keys here: {', '.join(sorted(valid))}."
+
+
+def _validate_recipe(recipe: Recipe) -> None:
+    from rlpost.rewards import list_rewards
+
+    if not recipe.stages:
+        raise ConfigError("The recipe has no stages: add at least one `stages: - trainer: sft|grpo`.")
+    if recipe.data.task is None and not recipe.data.train_files:
+        raise ConfigError("data needs either `task` (a built-in task) or `train_files` (local json/jsonl/csv/parquet).")
+    if recipe.data.task is not None:
+        from rlpost.envs import TASKS
+
+        if recipe.data.task not in TASKS:
+            raise ConfigError(_unknown("data.task", recipe.data.task, list(TASKS)))
+    known_rewards = list_rewards()
+    for i, stage in enumerate(recipe.stages):
+        where = f"stages.{i}"
+        if stage.trainer not in TRAINERS:
+            raise ConfigError(_unknown(f"{where}.trainer", stage.trainer, list(TRAINERS)))
+        check_trainer_args(stage.trainer, stage.args, f"{where}.args")
+        if stage.trainer == "grpo" and not stage.rewards:
+            raise ConfigError(f"{where}: a grpo stage needs `rewards:` (e.g. - name: exact_match).")
+        for j, reward in enumerate(stage.rewards):
+            if ":" not in reward.name and reward.name not in known_rewards:
+                raise ConfigError(_unknown(f"{where}.rewards.{j}.name", reward.name, list(known_rewards)))
+
+
+def check_trainer_args(trainer: str, args: dict, where: str) -> None:
+    """Check stage ``args`` against the trainer's config dataclass: names (with suggestion) and basic types."""
+    cls = trainer_config_class(trainer)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key, value in args.items():
+        if key not in fields:
+            raise ConfigError(_unknown(f"{where}.{key}", key, list(fields)))
+        args[key] = _coerce(hints[key], value, f"{where}.{key}")

@@ -1,0 +1,145 @@
+"""Tracking: wandb (offline unless told otherwise) plus rlpost's own metrics file and offline PNG plots.
+
+wandb 0.31 cannot read its offline ``.wandb`` files back, so every run also appends each logged row to
+``<run_dir>/metrics.jsonl``; ``rlpost report RUN_DIR`` draws its plots from that file, with no network.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+__all__ = ["MetricsFileCallback", "configure_wandb", "read_metrics", "truncate_metrics", "write_report"]
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def configure_wandb(mode: str, run_dir: str | os.PathLike, project: str = "rlpost", name: str | None = None) -> list:
+    """Set wandb's environment for this run and return the ``report_to`` list for TRL configs.
+
+    ``mode``: "offline" (default; nothing needs an account), "online", or "disabled". An explicit ``WANDB_MODE`` in the
+    environment wins, so a user can switch a recipe online without editing it.
+    """
+    if mode not in ("offline", "online", "disabled"):
+        raise ValueError(f"tracking.wandb must be 'offline', 'online' or 'disabled', got {mode!r}.")
+    mode = os.environ.get("WANDB_MODE", mode)
+    if mode == "disabled":
+        return []
+    os.environ["WANDB_MODE"] = mode
+    os.environ.setdefault("WANDB_PROJECT", project)
+    os.environ.setdefault("WANDB_DIR", str(run_dir))
+    os.environ.setdefault("WANDB_SILENT", "true")
+    if name is not None:
+        os.environ.setdefault("WANDB_NAME", name)
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    return ["wandb"]
+
+
+class MetricsFileCallback(TrainerCallback):
+    """Append every ``Trainer.log`` row to ``metrics.jsonl`` as ``{"stage", "step", **logs}`` (main process only)."""
+
+    def __init__(self, run_dir: str | os.PathLike, stage: str):
+        self.path = Path(run_dir) / METRICS_FILE
+        self.stage = stage
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        row = {"stage": self.stage, "step": state.global_step, **{k: _jsonable(v) for k, v in logs.items()}}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
+    """Rows of ``metrics.jsonl``; a torn last line (the process was killed mid-write) is skipped."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"No {METRICS_FILE} in {run_dir}: is this an rlpost run directory?")
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def truncate_metrics(run_dir: str | os.PathLike, stage: str, last_step: int) -> None:
+    """On resume, drop the rows a killed run logged after its last checkpoint, so the file matches one clean run."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return
+    keep = [r for r in read_metrics(run_dir) if not (r.get("stage") == stage and r.get("step", 0) > last_step)]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+    os.replace(tmp, path)
+
+
+# Panels drawn by `rlpost report`: (title, metric-name predicate).
+_PANELS = [
+    ("reward", lambda k: k in ("reward",)),
+    ("reward components", lambda k: k.startswith("rewards/") and k.endswith("/mean")),
+    ("entropy", lambda k: k == "entropy"),
+    ("loss", lambda k: k == "loss"),
+    ("kl", lambda k: k == "kl"),
+    ("held-out accuracy", lambda k: k.startswith("eval/") and k.endswith("accuracy")),
+]
+
+
+def write_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Draw one PNG per panel that has data (reward curve, components, entropy, loss, KL) and return their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(run_dir)
+    out = Path(out_dir) if out_dir is not None else Path(run_dir) / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    # One x axis across stages: stages run one after another, so offset each stage by the steps before it.
+    offsets, last_stage, base, prev_step = [], None, 0, 0
+    for row in rows:
+        if row.get("stage") != last_stage:
+            base, last_stage = base + prev_step, row.get("stage")
+        prev_step = row.get("step", 0)
+        offsets.append(base + prev_step)
+    written = []
+    for title, wanted in _PANELS:
+        series: dict[str, tuple[list, list]] = {}
+        for x, row in zip(offsets, rows):
+            for key, value in row.items():
+                if wanted(key) and isinstance(value, (int, float)):
+                    xs, ys = series.setdefault(f"{row.get('stage')}: {key}", ([], []))
+                    xs.append(x)
+                    ys.append(value)
+        if not series:
+            continue
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for label, (xs, ys) in series.items():
+            ax.plot(xs, ys, marker="." if len(xs) < 50 else None, label=label)
+        ax.set_title(title)
+        ax.set_xlabel("optimizer step (all stages)")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        path = out / f"{title.replace(' ', '_').replace('-', '_')}.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written

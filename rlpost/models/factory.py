@@ -1,0 +1,215 @@
+"""Offline model and tokenizer factories.
+
+Tests, recipes and the quickstart never touch a model hub: they build tiny random-init models from a config and a
+byte-level BPE tokenizer trained in memory. Both are cached with ``save_pretrained`` so a second call (or a second
+process of a DDP job) loads the same weights instead of re-initialising.
+
+The same entry point, :func:`load_causal_lm`, also takes any hub id or local path, so a recipe switches from
+``tiny:qwen2`` to ``Qwen/Qwen3-8B`` by changing one string.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
+
+__all__ = [
+    "CHATML_TEMPLATE",
+    "TINY_PREFIX",
+    "default_cache_dir",
+    "load_causal_lm",
+    "load_tokenizer",
+    "tiny_causal_lm",
+    "tiny_tokenizer",
+]
+
+TINY_PREFIX = "tiny:"
+
+# ChatML, as used by Qwen; `{% generation %}` markers let TRL's assistant_only_loss find the assistant tokens.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['role'] == 'assistant' %}{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}"
+    "{% else %}{{ message['content'] + '<|im_end|>' }}{% endif %}"
+    "{{ '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+# A small built-in corpus: enough to give the BPE sensible merges for English words, digits and arithmetic.
+_DEFAULT_CORPUS = [
+    "What is 12 + 7? Answer: 19",
+    "Compute 45 + 38. The answer is 83.",
+    "user assistant system question answer problem solve the following",
+    "The quick brown fox jumps over the lazy dog.",
+    "0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 + - * / = ( ) ? . , :",
+    "Reward models score completions. Policies are trained with group relative advantages.",
+]
+
+
+def default_cache_dir() -> Path:
+    """Where tiny models and tokenizers are cached (``RLPOST_CACHE`` or ``~/.cache/rlpost``)."""
+    return Path(os.environ.get("RLPOST_CACHE", Path.home() / ".cache" / "rlpost"))
+
+
+def _key(payload: dict) -> str:
+    return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def tiny_tokenizer(
+    vocab_size: int = 512,
+    corpus: list[str] | None = None,
+    cache_dir: str | Path | None = None,
+    split_digits: bool = True,
+) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained offline, with a ChatML chat template.
+
+    Args:
+        vocab_size: target vocabulary size, special tokens included.
+        corpus: training texts; a small built-in corpus when None.
+        cache_dir: cache root; the tokenizer is saved under ``<cache>/tokenizers/<hash>``.
+        split_digits: pre-tokenize every digit on its own, as Qwen and Llama-3 do, so numbers are digit sequences.
+    """
+    corpus = list(corpus) if corpus is not None else list(_DEFAULT_CORPUS)
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    path = root / "tokenizers" / _key({"v": vocab_size, "c": corpus, "d": split_digits, "fmt": 1})
+    if (path / "tokenizer.json").exists():
+        # PreTrainedTokenizerFast, not AutoTokenizer: a folder tagged qwen2 would come back as a Qwen2 tokenizer
+        # with a different digit split (see ENVIRONMENT.md).
+        return PreTrainedTokenizerFast.from_pretrained(path)
+
+    tokenizer = Tokenizer(models.BPE())
+    pieces = [pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    if split_digits:
+        pieces.insert(0, pre_tokenizers.Digits(individual_digits=True))
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(pieces)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(corpus, trainer=trainer)
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        bos_token=None,
+        unk_token=None,
+    )
+    wrapped.chat_template = CHATML_TEMPLATE
+    _atomic_save(wrapped, path)
+    return PreTrainedTokenizerFast.from_pretrained(path)
+
+
+_ARCHS = {
+    "qwen2": dict(model_type="qwen2", intermediate_mult=2, extra=dict(use_sliding_window=False)),
+    "llama": dict(model_type="llama", intermediate_mult=2, extra=dict()),
+}
+
+
+def tiny_causal_lm(
+    arch: str = "qwen2",
+    tokenizer: PreTrainedTokenizerFast | None = None,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    max_position_embeddings: int = 256,
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+) -> PreTrainedModel:
+    """A random-init causal LM (Qwen2 or Llama) built from config, cached with safetensors.
+
+    The weights depend only on the arguments and the seed, so every process of a multi-process job gets the same model.
+    """
+    if arch not in _ARCHS:
+        raise ValueError(f"Unknown tiny architecture {arch!r}; choose one of {sorted(_ARCHS)}.")
+    tokenizer = tokenizer if tokenizer is not None else tiny_tokenizer(cache_dir=cache_dir)
+    spec = _ARCHS[arch]
+    config = AutoConfig.for_model(
+        spec["model_type"],
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * spec["intermediate_mult"],
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+        **spec["extra"],
+    )
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    path = root / "models" / _key({"cfg": config.to_diff_dict(), "seed": seed, "fmt": 1})
+    if (path / "config.json").exists():
+        return AutoModelForCausalLM.from_pretrained(path, use_safetensors=True)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    _atomic_save(model, path)
+    return AutoModelForCausalLM.from_pretrained(path, use_safetensors=True)
+
+
+def _atomic_save(obj, path: Path) -> None:
+    """save_pretrained into a temp folder then rename, so a concurrent reader never sees half a checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    obj.save_pretrained(tmp)
+    try:
+        os.replace(tmp, path)
+    except OSError:  # another process won the race; its copy is identical
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _parse_tiny(spec: str) -> dict:
+    """``tiny:qwen2`` or ``tiny:llama?hidden_size=128&num_layers=4`` -> builder kwargs."""
+    body = spec[len(TINY_PREFIX) :]
+    arch, _, query = body.partition("?")
+    kwargs: dict = {"arch": arch or "qwen2"}
+    for item in filter(None, query.split("&")):
+        key, _, value = item.partition("=")
+        kwargs[key] = int(value)
+    return kwargs
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, **tiny_kwargs) -> PreTrainedTokenizerFast:
+    """``tiny:...`` builds the offline tokenizer; anything else goes to ``AutoTokenizer.from_pretrained``."""
+    if name_or_path.startswith(TINY_PREFIX):
+        return tiny_tokenizer(**tiny_kwargs)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(
+    name_or_path: str,
+    tokenizer: PreTrainedTokenizerFast | None = None,
+    trust_remote_code: bool = False,
+    torch_dtype: str | None = None,
+    **tiny_kwargs,
+) -> PreTrainedModel:
+    """Load a causal LM from ``tiny:<arch>[?k=v&...]``, a local folder or a hub id (safetensors only)."""
+    if name_or_path.startswith(TINY_PREFIX):
+        kwargs = {**_parse_tiny(name_or_path), **tiny_kwargs}
+        return tiny_causal_lm(tokenizer=tokenizer, **kwargs)
+    dtype = getattr(torch, torch_dtype) if torch_dtype not in (None, "auto") else torch_dtype
+    return AutoModelForCausalLM.from_pretrained(
+        name_or_path, use_safetensors=True, trust_remote_code=trust_remote_code, dtype=dtype
+    )

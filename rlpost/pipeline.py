@@ -1,0 +1,208 @@
+"""Run a recipe: load the model, evaluate, then run each training stage and evaluate again.
+
+The stages of one recipe share one model: the SFT stage's weights are the GRPO stage's starting point. Each stage
+writes its checkpoints under ``<output_dir>/<index>-<trainer>/``; with ``resume: true`` a finished stage is loaded
+from its ``final/`` folder and an interrupted one continues from its last checkpoint (optimizer, scheduler, RNG and
+data order included), so a killed run ends where an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+from transformers import set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from rlpost.config import Recipe, trainer_config_class
+from rlpost.logging import MetricsFileCallback, configure_wandb, truncate_metrics, write_report
+
+__all__ = ["run_recipe"]
+
+# Which split of a built-in task feeds each trainer by default.
+_DEFAULT_SPLIT = {"sft": "sft", "grpo": "rl"}
+
+
+def run_recipe(recipe: Recipe) -> dict:
+    """Run every stage of ``recipe`` and return ``{"accuracy": {label: value}, "run_dir": ...}``."""
+    state = PartialState()
+    run_dir = Path(recipe.output_dir)
+    if state.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2))
+        if not recipe.resume:
+            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    state.wait_for_everyone()
+    set_seed(recipe.seed)
+    report_to = configure_wandb(recipe.tracking.wandb, run_dir, recipe.tracking.project, recipe.name)
+
+    task, tokenizer, model = _load(recipe)
+    heldout = _heldout(recipe, task)
+    results: dict = {"accuracy": {}, "run_dir": str(run_dir)}
+    results_path = run_dir / "results.json"
+    if recipe.resume and results_path.exists():
+        results = json.loads(results_path.read_text())
+
+    def evaluate(label: str) -> None:
+        if heldout is None or not recipe.eval.enabled or label in results["accuracy"]:
+            return
+        accuracy, correct = _evaluate(model, tokenizer, heldout, recipe)
+        results["accuracy"][label] = accuracy
+        if state.is_main_process:
+            _log(f"held-out accuracy {label}: {accuracy:.3f} ({sum(correct)}/{len(correct)})")
+            _append_items(run_dir, recipe, label, heldout, correct)
+            results_path.write_text(json.dumps(results, indent=2))
+
+    evaluate("before training")
+    for index, stage in enumerate(recipe.stages):
+        label = f"after {stage.trainer.upper()}"
+        stage_dir = run_dir / f"{index}-{stage.trainer}"
+        final_dir = stage_dir / "final"
+        if recipe.resume and (final_dir / "config.json").exists():
+            _log(f"stage {index} ({stage.trainer}) already finished; loading {final_dir}")
+            model = type(model).from_pretrained(final_dir, use_safetensors=True)
+        else:
+            model = _train_stage(recipe, index, stage, stage_dir, model, tokenizer, task, report_to)
+            if state.is_main_process:
+                model.save_pretrained(final_dir)
+                tokenizer.save_pretrained(final_dir)
+            state.wait_for_everyone()
+        evaluate(label)
+
+    if state.is_main_process and recipe.tracking.plots:
+        plots = write_report(run_dir)
+        _log(f"plots: {', '.join(str(p) for p in plots)}")
+    return results
+
+
+def _load(recipe: Recipe):
+    from rlpost.envs import TASKS
+    from rlpost.models import load_causal_lm, load_tokenizer
+
+    task = TASKS[recipe.data.task](**recipe.data.task_options) if recipe.data.task else None
+    spec = recipe.model
+    if spec.name_or_path.startswith("tiny:"):
+        corpus = task.corpus() if task is not None else None
+        tokenizer = load_tokenizer(spec.name_or_path, vocab_size=spec.tokenizer_vocab_size, corpus=corpus)
+        model = load_causal_lm(
+            spec.name_or_path, tokenizer=tokenizer, hidden_size=spec.hidden_size, num_layers=spec.num_layers,
+            num_heads=spec.num_heads, seed=spec.seed,
+        )
+    else:
+        tokenizer = load_tokenizer(spec.name_or_path, trust_remote_code=spec.trust_remote_code)
+        model = load_causal_lm(spec.name_or_path, trust_remote_code=spec.trust_remote_code, torch_dtype=spec.torch_dtype)
+    return task, tokenizer, model
+
+
+def _stage_dataset(recipe: Recipe, stage, task):
+    if task is not None:
+        return task.split(stage.split or _DEFAULT_SPLIT[stage.trainer])
+    from datasets import load_dataset
+
+    return _load_files(recipe.data.train_files, load_dataset)
+
+
+def _heldout(recipe: Recipe, task):
+    if task is not None:
+        data = task.split("heldout")
+    elif recipe.data.heldout_files:
+        from datasets import load_dataset
+
+        data = _load_files(recipe.data.heldout_files, load_dataset)
+    else:
+        return None
+    if recipe.eval.max_items is not None:
+        data = data.select(range(min(recipe.eval.max_items, len(data))))
+    for column in ("prompt", "answer"):
+        if column not in data.column_names:
+            raise ValueError(f"Held-out data needs a {column!r} column for exact-match evaluation; has {data.column_names}.")
+    return data
+
+
+def _load_files(files: list[str], load_dataset):
+    suffix = Path(files[0]).suffix.lstrip(".")
+    kind = {"jsonl": "json", "json": "json", "csv": "csv", "parquet": "parquet"}.get(suffix)
+    if kind is None:
+        raise ValueError(f"Unsupported data file type {suffix!r} ({files[0]}); use json, jsonl, csv or parquet.")
+    missing = [f for f in files if not Path(f).exists()]
+    if missing:
+        raise FileNotFoundError(f"Data files not found: {missing}.")
+    return load_dataset(kind, data_files=files, split="train")
+
+
+def _train_stage(recipe, index, stage, stage_dir, model, tokenizer, task, report_to):
+    config_cls = trainer_config_class(stage.trainer)
+    defaults = dict(
+        output_dir=str(stage_dir),
+        seed=recipe.seed,
+        data_seed=recipe.seed,
+        report_to=report_to,
+        run_name=f"{recipe.name}-{index}-{stage.trainer}",
+        use_cpu=not torch.cuda.is_available(),
+        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        logging_steps=10,
+        save_strategy="no",
+    )
+    args = config_cls(**{**defaults, **stage.args})
+    dataset = _stage_dataset(recipe, stage, task)
+    stage_name = f"{index}-{stage.trainer}"
+    callbacks = [MetricsFileCallback(recipe.output_dir, stage_name)]
+    if stage.trainer == "sft":
+        from rlpost.trainers import SFTTrainer
+
+        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks)
+    else:
+        from rlpost.rewards import get_reward
+        from rlpost.trainers import GRPOTrainer
+
+        modules = [get_reward(r.name, **r.options) for r in stage.rewards]
+        if args.reward_weights is None:
+            args.reward_weights = [r.weight for r in stage.rewards]
+        trainer = GRPOTrainer(
+            model=model, reward_funcs=modules, args=args, train_dataset=dataset, processing_class=tokenizer,
+            callbacks=callbacks,
+        )
+    checkpoint = get_last_checkpoint(str(stage_dir)) if recipe.resume and stage_dir.exists() else None
+    if checkpoint is not None:
+        step = int(checkpoint.rsplit("-", 1)[-1])
+        if PartialState().is_main_process:
+            truncate_metrics(recipe.output_dir, stage_name, step)
+        _log(f"stage {index} ({stage.trainer}): resuming from {checkpoint}")
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=checkpoint)
+    _log(f"stage {index} ({stage.trainer}) trained in {time.perf_counter() - started:.1f}s")
+    return trainer.accelerator.unwrap_model(trainer.model)
+
+
+def _evaluate(model, tokenizer, heldout, recipe):
+    from rlpost.eval.generation import exact_match_accuracy
+
+    return exact_match_accuracy(
+        model, tokenizer, heldout["prompt"], heldout["answer"], max_new_tokens=recipe.eval.max_new_tokens,
+        batch_size=recipe.eval.batch_size, progress=True,
+    )
+
+
+def _append_items(run_dir: Path, recipe: Recipe, label: str, heldout, correct: list[bool]) -> None:
+    """Per-item correctness in Benchmark²'s (benchmark, model, item, correct) format, one 'model' per checkpoint,
+    so ``rlpost bench-quality --items`` can audit the evaluation built from this run."""
+    from rlpost.eval.tables import read_item_correctness, write_item_correctness
+
+    items = heldout["item"] if "item" in heldout.column_names else [str(i) for i in range(len(correct))]
+    benchmark = recipe.data.task or "heldout"
+    model = f"{recipe.name}:{label.replace(' ', '_')}"
+    path = run_dir / "item_correctness.csv"
+    rows = [tuple(r) for r in read_item_correctness(path).itertuples(index=False)] if path.exists() else []
+    rows = [r for r in rows if r[1] != model]  # a resumed run re-evaluates a label: replace, never duplicate
+    rows += [(benchmark, model, str(item), bool(ok)) for item, ok in zip(items, correct)]
+    write_item_correctness(rows, path)
+
+
+def _log(message: str) -> None:
+    if PartialState().is_main_process:
+        print(f"[rlpost] {message}", flush=True)

@@ -1,0 +1,168 @@
+"""GRPO for causal LMs: ``trl.GRPOTrainer`` plus pluggable advantages and data-driven grouping.
+
+A step runs as TRL runs it (generate -> reward -> advantage -> clipped policy loss); rlpost changes two stages:
+
+1. **Grouping.** TRL groups ``num_generations`` consecutive completions. rlpost can instead group by a dataset column
+   (``group_key``), as verl does with its ``uid`` column, and hands every reward function the group ids
+   (``group_id`` keyword), so group-relative judges do not have to guess the layout.
+2. **Advantage.** The advantage function is a name from :mod:`rlpost.algorithms.advantages`' registry. The advantages
+   rlpost computes are the ones the loss uses *and* the ones logged (TRL's completions table included).
+
+Both hooks wrap, rather than copy, two TRL methods: ``_calculate_rewards`` (to attach group ids and keep the gathered
+per-function rewards) and ``_generate_and_score_completions`` (to swap in the advantages). Everything else - loss
+types, KL, PEFT, DeepSpeed, vLLM - is TRL's. ``tests/test_trl_contract.py`` fails loudly if those internals move.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import trl
+
+from rlpost.algorithms.advantages import get_advantage
+from rlpost.rewards import RewardModule, to_trl, validate_fields
+
+__all__ = ["GRPOConfig", "GRPOTrainer"]
+
+# Fields the trainer itself hands to every reward function, beyond the dataset's columns.
+TRAINER_FIELDS = ("prompt", "completion", "completion_ids", "group_id")
+
+
+@dataclass
+class GRPOConfig(trl.GRPOConfig):
+    """TRL's ``GRPOConfig`` plus rlpost's advantage and grouping hooks. Every TRL field keeps its meaning.
+
+    Args:
+        advantage: name in the advantage registry (``rlpost list advantages``). ``"grpo"`` is DeepSeekMath's
+            group-normalized advantage (Shao et al. 2024, eq. in §4.1.2); ``"trl"`` leaves TRL's own computation
+            untouched (its ``scale_rewards`` / ``multi_objective_aggregation`` options then apply).
+        advantage_options: keyword options for the advantage function (e.g. ``{"std": "population", "clip": 5}``).
+        advantage_eps: added to the group std; 1e-4 matches TRL so ``advantage="grpo"`` reproduces TRL's numbers.
+        group_key: dataset column whose value defines the group (e.g. a problem id shared by paraphrased prompts).
+            None groups ``num_generations`` consecutive completions, as TRL does.
+    """
+
+    advantage: str = field(default="grpo", metadata={"help": "Advantage function name from the registry, or 'trl'."})
+    advantage_options: dict[str, Any] = field(default_factory=dict, metadata={"help": "Options for the advantage."})
+    advantage_eps: float = field(default=1e-4, metadata={"help": "Epsilon added to the group std (TRL: 1e-4)."})
+    group_key: str | None = field(default=None, metadata={"help": "Dataset column that defines groups."})
+
+
+def _stable_group_id(value: Any) -> int:
+    """Hash a group-key value to a 63-bit int that is identical on every process (Python's hash() is salted)."""
+    digest = hashlib.blake2b(repr(value).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+class GRPOTrainer(trl.GRPOTrainer):
+    """``trl.GRPOTrainer`` with registry advantages, ``group_key`` grouping and rlpost reward modules.
+
+    ``reward_funcs`` may mix TRL reward callables (or model ids) and :class:`rlpost.rewards.RewardModule` objects;
+    modules are adapted with :func:`rlpost.rewards.to_trl`, and the dataset is checked up front for every field a
+    module requires, so a missing column fails before the first generation rather than mid-run.
+    """
+
+    def __init__(
+        self,
+        model,
+        reward_funcs: Any,
+        args: GRPOConfig | None = None,
+        train_dataset=None,
+        eval_dataset=None,
+        **kwargs,
+    ):
+        args = args if args is not None else GRPOConfig(output_dir="runs/grpo")
+        if not isinstance(args, GRPOConfig):
+            raise TypeError(f"args must be rlpost.trainers.GRPOConfig, got {type(args).__name__}.")
+        _check_dataset(train_dataset, "train_dataset")
+        reward_funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
+        modules = [f for f in reward_funcs if isinstance(f, RewardModule)]
+        if modules and train_dataset is not None and hasattr(train_dataset, "column_names"):
+            validate_fields(modules, list(train_dataset.column_names) + list(TRAINER_FIELDS))
+        if args.group_key is not None and train_dataset is not None and hasattr(train_dataset, "column_names"):
+            if args.group_key not in train_dataset.column_names:
+                raise ValueError(
+                    f"group_key={args.group_key!r} is not a column of the training dataset "
+                    f"(columns: {train_dataset.column_names}). Add the column or unset group_key."
+                )
+        self.advantage_fn: Callable | None = None if args.advantage == "trl" else get_advantage(args.advantage)
+        reward_funcs = [
+            to_trl(f, num_generations=args.num_generations) if isinstance(f, RewardModule) else f
+            for f in reward_funcs
+        ]
+        super().__init__(
+            model=model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+            **kwargs,
+        )
+        self._last_rewards_per_func: torch.Tensor | None = None
+        self._last_group_ids: torch.Tensor | None = None
+
+    # -- grouping -------------------------------------------------------------------------------------------------
+    def _group_ids_for(self, inputs: Sequence[dict]) -> list[int]:
+        """Group id of each local sample; consistent across processes so gathered ids line up."""
+        if self.args.group_key is not None:
+            return [_stable_group_id(example[self.args.group_key]) for example in inputs]
+        num_generations = self.num_generations if self.model.training else self.num_generations_eval
+        offset = self.accelerator.process_index * len(inputs)
+        return [(offset + i) // num_generations for i in range(len(inputs))]
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        group_ids = self._group_ids_for(inputs)
+        for example, group_id in zip(inputs, group_ids, strict=True):
+            example["group_id"] = group_id  # becomes the `group_id` keyword of every reward function
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        local = torch.tensor(group_ids, dtype=torch.long, device=rewards_per_func.device)
+        self._last_group_ids = self.accelerator.gather(local)
+        self._last_rewards_per_func = rewards_per_func  # already gathered by TRL
+        return rewards_per_func
+
+    # -- advantages -----------------------------------------------------------------------------------------------
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        if self.advantage_fn is None:
+            return output
+        rewards_per_func, group_ids = self._last_rewards_per_func, self._last_group_ids
+        weights = self.reward_weights.to(rewards_per_func.device)
+        rewards = (rewards_per_func * weights.unsqueeze(0)).nansum(dim=1)
+        rewards[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan  # unscorable: excluded, advantage 0
+        options = {"eps": self.args.advantage_eps, **self.args.advantage_options}
+        advantages = torch.nan_to_num(self.advantage_fn(rewards, group_ids, **options), nan=0.0)
+
+        local_n = output["advantages"].shape[0]
+        start = self.accelerator.process_index * local_n
+        output["advantages"] = advantages[start : start + local_n].to(output["advantages"])
+        self._replace_logged_advantages(advantages, rewards, group_ids)
+        return output
+
+    def _replace_logged_advantages(self, advantages, rewards, group_ids) -> None:
+        """Make the completions table and metrics show the advantages the loss actually uses."""
+        logged = self._logs["advantages"]
+        for _ in range(min(len(advantages), len(logged))):
+            logged.pop()
+        logged.extend(advantages.tolist())
+        mode = "train" if self.model.training else "eval"
+        metrics = self._metrics[mode]
+        if self.args.group_key is not None and metrics["frac_reward_zero_std"]:
+            metrics["frac_reward_zero_std"][-1] = _frac_zero_std_groups(rewards, group_ids)
+        metrics["advantages/mean"].append(advantages.mean().item())
+        metrics["advantages/abs_mean"].append(advantages.abs().mean().item())
+
+
+def _frac_zero_std_groups(rewards: torch.Tensor, group_ids: torch.Tensor) -> float:
+    """Share of samples whose group has (numerically) identical rewards, i.e. no learning signal."""
+    _, inverse = torch.unique(group_ids, return_inverse=True)
+    num_groups = int(inverse.max()) + 1
+    values = torch.nan_to_num(rewards, nan=0.0)
+    big, small = torch.full((num_groups,), -torch.inf), torch.full((num_groups,), torch.inf)
+    big = big.to(values).scatter_reduce(0, inverse, values, "amax")
+    small = small.to(values).scatter_reduce(0, inverse, values, "amin")
+    return torch.isclose(big, small)[inverse].float().mean().item()
+
+
+def _check_dataset(dataset, name: str) -> None:
+    if dataset is not None and hasattr(dataset, "__len__") and len(dataset) == 0:
+        raise ValueError(f"{name} is empty: GRPO needs at least one prompt. Check the data path and split filters.")

@@ -1,0 +1,73 @@
+"""Recipe loading: typed validation fails before any model loads, naming the key and the closest valid one."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rlpost.config import ConfigError, load_recipe
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+QUICKSTART = RECIPES / "quickstart.yaml"
+
+
+def test_quickstart_loads_with_typed_values():
+    recipe = load_recipe(QUICKSTART)
+    assert [s.trainer for s in recipe.stages] == ["sft", "grpo"]
+    assert recipe.stages[0].args["loss_type"] == "eaft"
+    assert recipe.stages[0].args["learning_rate"] == pytest.approx(3e-3)
+    assert recipe.stages[1].rewards[0].name == "exact_match"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("seeed=1", "Unknown key 'seeed'. Did you mean 'seed'?"),
+        ("model.hiden_size=8", "Unknown key 'model.hiden_size'. Did you mean 'hidden_size'?"),
+        ("grpo.learning_rat=1e-4", "Did you mean 'learning_rate'?"),
+        ("grpo.max_steps=ten", "stages.1.args.max_steps must be an integer, got 'ten'"),
+        ("sft.learning_rate=fast", "stages.0.args.learning_rate must be a number"),
+        ("eval.enabled=maybe", "eval.enabled must be true or false"),
+        ("data.task=additon", "Did you mean 'addition'?"),
+        ("stages.1.rewards.0.name=exact_mach", "Did you mean 'exact_match'?"),
+        ("stages.1.trainer=grop", "Did you mean 'grpo'?"),
+        ("nokey", "must look like key=value"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(ConfigError) as info:
+        load_recipe(QUICKSTART, [override])
+    assert message in str(info.value)
+
+
+def test_overrides_apply_with_trainer_shorthand_and_yaml_values():
+    recipe = load_recipe(QUICKSTART, ["grpo.learning_rate=1e-4", "sft.max_steps=7", "seed=3", "eval.max_items=10"])
+    assert recipe.stages[1].args["learning_rate"] == pytest.approx(1e-4)
+    assert recipe.stages[0].args["max_steps"] == 7
+    assert recipe.seed == 3 and recipe.eval.max_items == 10
+
+
+def test_grpo_stage_without_rewards_is_rejected(tmp_path):
+    raw = yaml.safe_load(QUICKSTART.read_text())
+    raw["stages"][1]["rewards"] = []
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="grpo stage needs `rewards:`"):
+        load_recipe(path)
+
+
+def test_missing_recipe_file():
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_recipe("recipes/nope.yaml")
+
+
+@pytest.mark.parametrize("path", sorted(p for p in RECIPES.rglob("*.yaml") if "accelerate" not in p.parts), ids=str)
+def test_every_bundled_recipe_validates(path):
+    load_recipe(path)
+
+
+def test_cli_reports_config_errors_without_traceback(capsys):
+    from rlpost.cli import main
+
+    assert main(["train", str(QUICKSTART), "grpo.learning_rat=1"]) == 2
+    assert "Did you mean 'learning_rate'?" in capsys.readouterr().err

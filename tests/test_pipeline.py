@@ -1,0 +1,93 @@
+"""End to end through the CLI: a tiny SFT -> GRPO recipe writes metrics, results, plots, item correctness, wandb."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rlpost.cli import main
+from rlpost.logging import read_metrics
+
+ROOT = Path(__file__).resolve().parent.parent
+QUICKSTART = str(ROOT / "recipes" / "quickstart.yaml")
+TINY = [
+    "model.hidden_size=32", "model.num_layers=1", "model.num_heads=2",
+    "data.task_options.max_operand=9", "data.task_options.num_heldout=20",
+    "sft.max_steps=6", "sft.logging_steps=2", "sft.per_device_train_batch_size=16",
+    "grpo.max_steps=4", "grpo.logging_steps=1", "grpo.per_device_train_batch_size=16",
+    "sft.disable_tqdm=true", "grpo.disable_tqdm=true",
+]
+
+
+def test_tiny_recipe_end_to_end(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["train", QUICKSTART, f"output_dir={run_dir}", *TINY]) == 0
+    out = capsys.readouterr().out
+    assert "held-out accuracy: before training:" in out and "after SFT:" in out and "after GRPO:" in out
+
+    results = json.loads((run_dir / "results.json").read_text())
+    assert set(results["accuracy"]) == {"before training", "after SFT", "after GRPO"}
+    rows = read_metrics(run_dir)
+    stages = {r["stage"] for r in rows}
+    assert stages == {"0-sft", "1-grpo"}
+    grpo_rows = [r for r in rows if r["stage"] == "1-grpo" and "reward" in r]
+    assert len(grpo_rows) == 4 and all("rewards/exact_match/mean" in r for r in grpo_rows)
+    assert {p.name for p in (run_dir / "plots").glob("*.png")} >= {"reward.png", "loss.png", "entropy.png"}
+    assert list((run_dir / "wandb").glob("offline-run-*")), "wandb offline run directory missing"
+    items = (run_dir / "item_correctness.csv").read_text().splitlines()
+    assert items[0] == "benchmark,model,item,correct" and len(items) == 1 + 3 * 20
+    assert (run_dir / "1-grpo" / "final" / "model.safetensors").exists()
+
+    # `rlpost report` redraws from metrics.jsonl alone.
+    assert main(["report", str(run_dir), "--out", str(tmp_path / "plots2")]) == 0
+    assert (tmp_path / "plots2" / "reward.png").stat().st_size > 1000
+
+
+def test_list_commands(capsys):
+    assert main(["list", "rewards"]) == 0
+    assert "exact_match:" in capsys.readouterr().out
+    assert main(["list", "recipes"]) == 0
+    assert "quickstart.yaml: Quickstart" in capsys.readouterr().out
+    assert main(["list", "advantages"]) == 0
+    assert "grpo" in capsys.readouterr().out.split()
+
+
+def _grpo_rows(run_dir):
+    skip = {"step_time", "train_runtime", "train_samples_per_second", "train_steps_per_second"}
+    return [
+        {k: v for k, v in r.items() if k not in skip}
+        for r in read_metrics(run_dir)
+        if r["stage"] == "1-grpo"
+    ]
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_matches_uninterrupted_run(tmp_path):
+    common = [*TINY, "grpo.max_steps=8", "grpo.save_strategy=steps", "grpo.save_steps=3", "tracking.wandb=disabled",
+              "tracking.plots=false"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cli = [sys.executable, "-m", "rlpost.cli", "train", QUICKSTART]
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    subprocess.run([*cli, f"output_dir={clean}", *common], check=True, env=env, capture_output=True)
+
+    proc = subprocess.Popen([*cli, f"output_dir={killed}", *common], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "1-grpo" / "checkpoint-6").exists():
+        assert proc.poll() is None, "run ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # kill -9, mid-way through the GRPO stage
+    proc.wait()
+    assert not (killed / "1-grpo" / "final").exists(), "the kill came too late to test resumption"
+
+    subprocess.run([*cli, f"output_dir={killed}", *common, "resume=true"], check=True, env=env, capture_output=True)
+    clean_results = json.loads((clean / "results.json").read_text())
+    killed_results = json.loads((killed / "results.json").read_text())
+    assert killed_results["accuracy"] == clean_results["accuracy"]
+    assert _grpo_rows(killed) == _grpo_rows(clean)
