@@ -32,12 +32,27 @@ def cmd_train(args) -> int:
     from rlpost.pipeline import run_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)  # validates everything before a model loads
-    results = run_recipe(recipe)
+    try:
+        results = run_recipe(recipe)
+    finally:
+        _destroy_process_group()
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:
+        return 0
     accuracy = results["accuracy"]
     if accuracy:
         print("\nheld-out accuracy: " + " | ".join(f"{k}: {v:.3f}" for k, v in accuracy.items()))
     print(f"run directory: {results['run_dir']}")
     return 0
+
+
+def _destroy_process_group() -> None:
+    # Multi-process runs: tear the group down explicitly, or rank 0 occasionally aborts at interpreter exit.
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def cmd_list(args) -> int:

@@ -29,8 +29,9 @@ _DEFAULT_SPLIT = {"sft": "sft", "grpo": "rl"}
 
 
 def run_recipe(recipe: Recipe) -> dict:
-    """Run every stage of ``recipe`` and return ``{"accuracy": {label: value}, "run_dir": ...}``."""
-    state = PartialState()
+    """Run every stage of ``recipe`` and return ``{"accuracy": {label: value}, "run_dir": ..., "world_size": ...}``."""
+    # cpu= must match the trainers' use_cpu, or accelerate and DeepSpeed disagree on the world size on CPU.
+    state = PartialState(cpu=not torch.cuda.is_available())
     run_dir = Path(recipe.output_dir)
     if state.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -41,7 +42,8 @@ def run_recipe(recipe: Recipe) -> dict:
     set_seed(recipe.seed)
     report_to = configure_wandb(recipe.tracking.wandb, run_dir, recipe.tracking.project, recipe.name)
 
-    task, tokenizer, model = _load(recipe)
+    with state.main_process_first():  # rank 0 builds the offline tiny model/tokenizer cache; the others read it
+        task, tokenizer, model = _load(recipe)
     heldout = _heldout(recipe, task)
     results: dict = {"accuracy": {}, "run_dir": str(run_dir)}
     results_path = run_dir / "results.json"
@@ -67,7 +69,9 @@ def run_recipe(recipe: Recipe) -> dict:
             _log(f"stage {index} ({stage.trainer}) already finished; loading {final_dir}")
             model = type(model).from_pretrained(final_dir, use_safetensors=True)
         else:
-            model = _train_stage(recipe, index, stage, stage_dir, model, tokenizer, task, report_to)
+            model, accelerator = _train_stage(recipe, index, stage, stage_dir, model, tokenizer, task, report_to)
+            # What the trainer actually ran on (accelerate's state is re-initialized by each TrainingArguments).
+            results.update(world_size=accelerator.num_processes, distributed_type=accelerator.distributed_type.value)
             if state.is_main_process:
                 model.save_pretrained(final_dir)
                 tokenizer.save_pretrained(final_dir)
@@ -176,7 +180,7 @@ def _train_stage(recipe, index, stage, stage_dir, model, tokenizer, task, report
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=checkpoint)
     _log(f"stage {index} ({stage.trainer}) trained in {time.perf_counter() - started:.1f}s")
-    return trainer.accelerator.unwrap_model(trainer.model)
+    return trainer.accelerator.unwrap_model(trainer.model), trainer.accelerator
 
 
 def _evaluate(model, tokenizer, heldout, recipe):

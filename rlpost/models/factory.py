@@ -10,6 +10,8 @@ The same entry point, :func:`load_causal_lm`, also takes any hub id or local pat
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -80,10 +82,15 @@ def tiny_tokenizer(
     corpus = list(corpus) if corpus is not None else list(_DEFAULT_CORPUS)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = root / "tokenizers" / _key({"v": vocab_size, "c": corpus, "d": split_digits, "fmt": 1})
-    if (path / "tokenizer.json").exists():
-        # PreTrainedTokenizerFast, not AutoTokenizer: a folder tagged qwen2 would come back as a Qwen2 tokenizer
-        # with a different digit split (see ENVIRONMENT.md).
-        return PreTrainedTokenizerFast.from_pretrained(path)
+    with _build_lock(path):
+        if not (path / "tokenizer.json").exists():
+            _save_atomically(_train_tokenizer(vocab_size, corpus, split_digits), path)
+    # PreTrainedTokenizerFast, not AutoTokenizer: a folder tagged qwen2 would come back as a Qwen2 tokenizer with a
+    # different digit split (see ENVIRONMENT.md).
+    return PreTrainedTokenizerFast.from_pretrained(path)
+
+
+def _train_tokenizer(vocab_size: int, corpus: list[str], split_digits: bool) -> PreTrainedTokenizerFast:
 
     tokenizer = Tokenizer(models.BPE())
     pieces = [pre_tokenizers.ByteLevel(add_prefix_space=False)]
@@ -106,8 +113,7 @@ def tiny_tokenizer(
         unk_token=None,
     )
     wrapped.chat_template = CHATML_TEMPLATE
-    _atomic_save(wrapped, path)
-    return PreTrainedTokenizerFast.from_pretrained(path)
+    return wrapped
 
 
 _ARCHS = {
@@ -151,28 +157,37 @@ def tiny_causal_lm(
     )
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = root / "models" / _key({"cfg": config.to_diff_dict(), "seed": seed, "fmt": 1})
-    if (path / "config.json").exists():
-        return AutoModelForCausalLM.from_pretrained(path, use_safetensors=True)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    _atomic_save(model, path)
+    with _build_lock(path):
+        if not (path / "config.json").exists():
+            with torch.random.fork_rng():
+                torch.manual_seed(seed)
+                model = AutoModelForCausalLM.from_config(config)
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
+            model.generation_config.eos_token_id = tokenizer.eos_token_id
+            _save_atomically(model, path)
     return AutoModelForCausalLM.from_pretrained(path, use_safetensors=True)
 
 
-def _atomic_save(obj, path: Path) -> None:
-    """save_pretrained into a temp folder then rename, so a concurrent reader never sees half a checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _save_atomically(obj, path: Path) -> None:
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     obj.save_pretrained(tmp)
-    try:
-        os.replace(tmp, path)
-    except OSError:  # another process won the race; its copy is identical
-        import shutil
+    os.replace(tmp, path)
 
-        shutil.rmtree(tmp, ignore_errors=True)
+
+@contextlib.contextmanager
+def _build_lock(path: Path):
+    """An exclusive file lock per cache entry: the processes of a DDP job build it once and all load that copy.
+
+    The entry is written into a temp folder and renamed, so a reader that does not take the lock (or a process
+    killed mid-write) never leaves half a checkpoint behind.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _parse_tiny(spec: str) -> dict:

