@@ -32,6 +32,11 @@ def cmd_train(args) -> int:
     from rlpost.pipeline import run_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)  # validates everything before a model loads
+    if any(stage.trainer == "flow_grpo" for stage in recipe.stages):
+        from rlpost.trainers.flow_grpo import run_flow_recipe
+
+        print(f"run directory: {run_flow_recipe(args.recipe, args.overrides)['run_dir']}")
+        return 0
     try:
         results = run_recipe(recipe)
     finally:

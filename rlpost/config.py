@@ -91,6 +91,7 @@ class Recipe:
     seed: int = 0
     output_dir: str = "runs/run"
     resume: bool = False
+    torch_threads: int | None = None  # torch intra-op threads; None keeps torch's default
     model: ModelSpec = field(default_factory=ModelSpec)
     data: DataSpec = field(default_factory=DataSpec)
     eval: EvalSpec = field(default_factory=EvalSpec)
@@ -98,14 +99,14 @@ class Recipe:
     stages: list[StageSpec] = field(default_factory=list)
 
 
-TRAINERS = ("sft", "grpo")
+TRAINERS = ("sft", "grpo", "flow_grpo")
 
 
 def trainer_config_class(trainer: str):
     """The config dataclass a stage's ``args`` are checked against."""
-    from rlpost.trainers import GRPOConfig, SFTConfig
+    from rlpost.trainers import FlowGRPOConfig, GRPOConfig, SFTConfig
 
-    classes = {"sft": SFTConfig, "grpo": GRPOConfig}
+    classes = {"sft": SFTConfig, "grpo": GRPOConfig, "flow_grpo": FlowGRPOConfig}
     if trainer not in classes:
         raise ConfigError(_unknown("trainer", trainer, list(classes)))
     return classes[trainer]
@@ -242,7 +243,8 @@ def _validate_recipe(recipe: Recipe) -> None:
 
     if not recipe.stages:
         raise ConfigError("The recipe has no stages: add at least one `stages: - trainer: sft|grpo`.")
-    if recipe.data.task is None and not recipe.data.train_files:
+    flow = any(stage.trainer == "flow_grpo" for stage in recipe.stages)  # prompts may sit inline in args.prompts
+    if recipe.data.task is None and not recipe.data.train_files and not flow:
         raise ConfigError("data needs either `task` (a built-in task) or `train_files` (local json/jsonl/csv/parquet).")
     if recipe.data.task is not None:
         from rlpost.envs import TASKS
@@ -255,8 +257,8 @@ def _validate_recipe(recipe: Recipe) -> None:
         if stage.trainer not in TRAINERS:
             raise ConfigError(_unknown(f"{where}.trainer", stage.trainer, list(TRAINERS)))
         check_trainer_args(stage.trainer, stage.args, f"{where}.args")
-        if stage.trainer == "grpo" and not stage.rewards:
-            raise ConfigError(f"{where}: a grpo stage needs `rewards:` (e.g. - name: exact_match).")
+        if stage.trainer in ("grpo", "flow_grpo") and not stage.rewards:
+            raise ConfigError(f"{where}: a {stage.trainer} stage needs `rewards:` (e.g. - name: exact_match).")
         for j, reward in enumerate(stage.rewards):
             if ":" not in reward.name and reward.name not in known_rewards:
                 raise ConfigError(_unknown(f"{where}.rewards.{j}.name", reward.name, list(known_rewards)))

@@ -40,6 +40,8 @@ def run_recipe(recipe: Recipe) -> dict:
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     state.wait_for_everyone()
     set_seed(recipe.seed)
+    if recipe.torch_threads is not None:
+        torch.set_num_threads(recipe.torch_threads)
     report_to = configure_wandb(recipe.tracking.wandb, run_dir, recipe.tracking.project, recipe.name)
 
     with state.main_process_first():  # rank 0 builds the offline tiny model/tokenizer cache; the others read it
@@ -152,6 +154,10 @@ def _train_stage(recipe, index, stage, stage_dir, model, tokenizer, task, report
         logging_steps=10,
         save_strategy="no",
     )
+    if stage.trainer == "grpo":
+        # The completions table (prompt, completion, per-reward scores, the advantage actually used) goes to wandb
+        # and to <stage>/completions/*.parquet at every logging step.
+        defaults.update(log_completions=True, num_completions_to_print=2)
     args = config_cls(**{**defaults, **stage.args})
     dataset = _stage_dataset(recipe, stage, task)
     stage_name = f"{index}-{stage.trainer}"

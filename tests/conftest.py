@@ -11,6 +11,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Tiny models are far faster on one intra-op thread on a 2-core machine (no oversubscription)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _session_cache(tmp_path_factory):
     """Tiny models and tokenizers are cached once per test session, never in the user's cache."""
     if "RLPOST_CACHE" not in os.environ:

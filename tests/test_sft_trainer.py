@@ -52,3 +52,15 @@ def test_empty_sft_dataset_is_a_clear_error(tmp_path, tiny_model, tiny_tokenizer
     with pytest.raises(ValueError, match="train_dataset is empty"):
         SFTTrainer(model=tiny_model, args=_args(tmp_path), train_dataset=addition_task.sft_dataset().select([]),
                    processing_class=tiny_tokenizer)
+
+
+def test_eaft_logs_entropy_accuracy_and_weight(tmp_path, tiny_model, tiny_tokenizer, addition_task):
+    trainer = SFTTrainer(model=tiny_model, args=_args(tmp_path, max_steps=2, logging_steps=1),
+                         train_dataset=addition_task.sft_dataset(), processing_class=tiny_tokenizer)
+    trainer.train()
+    rows = [r for r in trainer.state.log_history if "loss" in r]
+    assert len(rows) == 2
+    for row in rows:
+        assert 0.0 < row["entropy"] <= torch.log(torch.tensor(float(len(tiny_tokenizer)))).item() + 1e-4
+        assert 0.0 <= row["mean_token_accuracy"] <= 1.0
+        assert 0.0 <= row["eaft/weight_mean"] < 1.0

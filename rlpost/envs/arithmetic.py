@@ -3,9 +3,13 @@
 The prompt is ``"a+b="`` and the answer is the decimal sum; an exact checker scores it. Problems are split by
 operand pair, so the held-out split contains sums the model never saw during SFT or GRPO.
 
-SFT demonstrations can be made *noisy* (``label_noise``: a share of demonstrations carry a wrong last digit), the
-common situation of a teacher that is right most of the time: SFT imitates the teacher's mistakes, while GRPO with
-an exact checker can learn past them.
+SFT demonstrations can come from an imperfect teacher, the common situation when demonstrations are distilled from
+a weaker model:
+
+- ``carry_error``: on problems whose ones digits carry (e.g. 17+25), the teacher forgets the carry with this
+  probability (17+25 -> 32). Above 0.5 the teacher's *most likely* answer is wrong on every carry problem, so SFT,
+  however long, learns the mistake; GRPO with an exact checker can learn past it.
+- ``label_noise``: a share of demonstrations carry a random wrong last digit (unsystematic noise).
 """
 
 from __future__ import annotations
@@ -25,12 +29,14 @@ class AdditionTask:
     Args:
         max_operand: largest operand.
         num_heldout: problems kept out of every training split.
+        carry_error: probability that the teacher drops the carry on a problem whose ones digits carry.
         label_noise: share of SFT demonstrations whose answer's last digit is replaced by a wrong one.
         seed: seeds the split and the noise.
     """
 
     max_operand: int = 49
     num_heldout: int = 200
+    carry_error: float = 0.0
     label_noise: float = 0.0
     seed: int = 0
 
@@ -60,13 +66,15 @@ class AdditionTask:
         return splits[name]()
 
     def sft_dataset(self) -> Dataset:
-        """Prompt-completion pairs for SFT, with ``label_noise`` of them wrong."""
+        """Prompt-completion pairs for SFT from the imperfect teacher (``carry_error``, ``label_noise``)."""
         train, _ = self.problems()
         rng = random.Random(self.seed + 1)
         rows = []
         for a, b in train:
             answer = str(a + b)
-            if rng.random() < self.label_noise:
+            if (a % 10) + (b % 10) >= 10 and rng.random() < self.carry_error:
+                answer = str(a + b - 10)  # the carry into the tens digit is forgotten
+            elif rng.random() < self.label_noise:
                 wrong = rng.choice([d for d in "0123456789" if d != answer[-1]])
                 answer = answer[:-1] + wrong
             rows.append({"prompt": self.prompt(a, b), "completion": answer})

@@ -7,5 +7,39 @@ from rlpost.models.factory import (
     tiny_causal_lm,
     tiny_tokenizer,
 )
+from rlpost.models.flow import (
+    FlowAdapter,
+    LatentRGBDecoder,
+    PipelinePromptEncoder,
+    PrecomputedPromptEncoder,
+    PromptEmbeds,
+    RandomPromptEncoder,
+    VAEDecoder,
+    get_flow_adapter,
+    list_flow_adapters,
+    load_flow_transformer,
+    register_flow_adapter,
+    tiny_autoencoder,
+    tiny_flow_transformer,
+)
 
-__all__ = ["CHATML_TEMPLATE", "load_causal_lm", "load_tokenizer", "tiny_causal_lm", "tiny_tokenizer"]
+__all__ = [
+    "CHATML_TEMPLATE",
+    "FlowAdapter",
+    "LatentRGBDecoder",
+    "PipelinePromptEncoder",
+    "PrecomputedPromptEncoder",
+    "PromptEmbeds",
+    "RandomPromptEncoder",
+    "VAEDecoder",
+    "get_flow_adapter",
+    "list_flow_adapters",
+    "load_causal_lm",
+    "load_flow_transformer",
+    "load_tokenizer",
+    "register_flow_adapter",
+    "tiny_autoencoder",
+    "tiny_causal_lm",
+    "tiny_flow_transformer",
+    "tiny_tokenizer",
+]

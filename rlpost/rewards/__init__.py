@@ -31,6 +31,14 @@ from rlpost.rewards.registry import (
 from rlpost.rewards.runner import CallResult, run_calls
 from rlpost.rewards import text as _text  # noqa: F401  (registers the built-in text rewards)
 
+# Heavy or optional-dependency rewards: listed now, imported on first use.
+register_lazy_reward("image_target", "rlpost.rewards.image:ImageTarget", "Offline: -MSE between the image and a target colour or target image (no weights).")
+register_lazy_reward("prompt_color", "rlpost.rewards.image:PromptColor", "Offline: -MSE between the image and the colour named in the prompt (None if no colour word).")
+register_lazy_reward("clip_score", "rlpost.rewards.image:ClipScore", "CLIP image-text cosine similarity (transformers CLIPModel by local path or hub id).")
+register_lazy_reward("pickscore", "rlpost.rewards.image:PickScore", "PickScore (CLIP-H preference model; load by local path or hub id).")
+register_lazy_reward("hpsv2", "rlpost.rewards.image:HPSv2", "HPSv2.1 human-preference score (open_clip ViT-H-14 + HPS checkpoint by path).")
+register_lazy_reward("image_reward", "rlpost.rewards.image:ImageRewardScore", "ImageReward preference score (image-reward package; load by path).")
+
 __all__ = [
     "ALWAYS_AVAILABLE_FIELDS",
     "FAILURE_METRICS",

@@ -1,6 +1,7 @@
 """Trainers: thin orchestration over TRL, delegating math to rlpost.algorithms and scoring to rlpost.rewards."""
 
+from rlpost.trainers.flow_grpo import FlowGRPOConfig, FlowGRPOTrainer
 from rlpost.trainers.grpo import GRPOConfig, GRPOTrainer
 from rlpost.trainers.sft import SFTConfig, SFTTrainer
 
-__all__ = ["GRPOConfig", "GRPOTrainer", "SFTConfig", "SFTTrainer"]
+__all__ = ["FlowGRPOConfig", "FlowGRPOTrainer", "GRPOConfig", "GRPOTrainer", "SFTConfig", "SFTTrainer"]

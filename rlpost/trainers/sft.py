@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 
 import trl
 
-from rlpost.algorithms.losses import chunked_eaft_loss, eaft_loss
+import torch
+
+from rlpost.algorithms.losses import chunked_eaft_loss, eaft_loss, eaft_weights
 
 __all__ = ["SFTConfig", "SFTTrainer"]
 
@@ -79,16 +81,48 @@ class SFTTrainer(trl.SFTTrainer):
             # logits_to_keep=1: the model builds logits for one position only; the loss runs the LM head in chunks.
             outputs = model(**model_inputs, output_hidden_states=True, logits_to_keep=1)
             head = self.accelerator.unwrap_model(model).get_output_embeddings()
+            hidden = outputs.hidden_states[-1]
             loss = chunked_eaft_loss(
-                outputs.hidden_states[-1], head.weight, labels, chunk_size=self.args.eaft_chunk_size,
+                hidden, head.weight, labels, chunk_size=self.args.eaft_chunk_size,
                 lm_head_bias=getattr(head, "bias", None), **options,
             )
+            if self._logs_this_step():
+                self._record_metrics(lambda h: head(h), hidden, labels)
         else:
             outputs = model(**model_inputs)
             loss = eaft_loss(outputs.logits, labels, **options)
+            if self._logs_this_step():
+                self._record_metrics(lambda logits: logits, outputs.logits, labels)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # as TRL: num_items counts every rank's tokens
         return (loss, outputs) if return_outputs else loss
+
+    def _logs_this_step(self) -> bool:
+        # Trainer logs after global_step is incremented, so the step being computed logs when (step + 1) % n == 0.
+        return not self.model.training or (self.state.global_step + 1) % max(1, int(self.args.logging_steps)) == 0
+
+    @torch.no_grad()
+    def _record_metrics(self, to_logits, states, labels) -> None:
+        """TRL's ``entropy`` / ``mean_token_accuracy`` plus ``eaft/weight_mean``, on logged steps only (one more LM-head
+        pass over the loss tokens, chunked like the loss)."""
+        mode = "train" if self.model.training else "eval"
+        valid = labels[:, 1:] != -100
+        states, gold = states[:, :-1][valid], labels[:, 1:][valid]
+        totals = torch.zeros(3, device=states.device)
+        chunk = self.args.eaft_chunk_size or states.shape[0] or 1
+        for start in range(0, states.shape[0], chunk):
+            logits = to_logits(states[start : start + chunk]).float()
+            totals[0] += torch.distributions.Categorical(logits=logits).entropy().sum()
+            totals[1] += (logits.argmax(-1) == gold[start : start + chunk]).sum()
+            totals[2] += eaft_weights(
+                logits, top_k=self.args.eaft_top_k, alpha=self.args.eaft_alpha, normalizer=self.args.eaft_normalizer,
+                entropy=self.args.eaft_entropy, gate=self.args.eaft_gate,
+            ).sum()
+        totals = self.accelerator.gather_for_metrics(torch.cat([totals, totals.new_tensor([gold.numel()])]).view(1, -1))
+        totals = totals.sum(0)
+        count = totals[3].clamp(min=1)
+        for name, value in zip(("entropy", "mean_token_accuracy", "eaft/weight_mean"), totals[:3] / count):
+            self._metrics[mode][name].append(value.item())
 
     def _can_chunk(self) -> bool:
         if self.args.eaft_chunk_size is None:
