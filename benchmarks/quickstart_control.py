@@ -4,7 +4,7 @@
 
 For each seed (model init + training order; the held-out split is fixed):
   A. the quickstart recipe: EAFT SFT warm-up, then GRPO;
-  B. the same SFT warm-up, then *more EAFT SFT* for the same wall-clock time GRPO took in A
+  B. from the same SFT checkpoint, *more EAFT SFT* for the same wall-clock time GRPO took in A
      (steps = GRPO train_runtime / SFT seconds-per-step, both measured in this run).
 Prints held-out exact-match accuracy after the warm-up, after GRPO and after the extra SFT, per seed and as
 mean ± sd, and writes them to <out>/summary.json.
@@ -40,22 +40,23 @@ def main() -> None:
     table = []
     for seed in args.seeds:
         seeded = [f"seed={seed}", f"model.seed={seed}", *QUIET, *args.overrides]
-        grpo_dir = out / f"seed{seed}-grpo"
-        grpo = run_recipe(load_recipe(RECIPE, [f"output_dir={grpo_dir}", *seeded]))
-        grpo_seconds, _ = _runtime(grpo_dir, "1-grpo")
-        sft_seconds, sft_steps = _runtime(grpo_dir, "0-sft")
+        run_dir = out / f"seed{seed}"
+        grpo = run_recipe(load_recipe(RECIPE, [f"output_dir={run_dir}", *seeded]))
+        grpo_seconds, _ = _runtime(run_dir, "1-grpo")
+        sft_seconds, sft_steps = _runtime(run_dir, "0-sft")
         extra_steps = max(1, round(grpo_seconds / (sft_seconds / sft_steps)))
 
-        control_dir = out / f"seed{seed}-moresft"
-        control = load_recipe(RECIPE, [f"output_dir={control_dir}", *seeded])
-        extra = type(control.stages[0])(trainer="sft", args={**control.stages[0].args, "max_steps": extra_steps})
-        control.stages[1] = extra
+        # Same run directory with resume=true: stage 0 (the SFT warm-up) is loaded from its final checkpoint.
+        control = load_recipe(RECIPE, [f"output_dir={run_dir}", *seeded, "resume=true"])
+        control.stages[1] = type(control.stages[0])(
+            trainer="sft", args={**control.stages[0].args, "max_steps": extra_steps}
+        )
         more_sft = run_recipe(control)
         row = {
             "seed": seed,
             "after_sft": grpo["accuracy"]["after SFT"],
             "after_grpo": grpo["accuracy"]["after GRPO"],
-            "after_more_sft": list(more_sft["accuracy"].values())[-1],
+            "after_more_sft": more_sft["accuracy"]["after SFT #2"],
             "grpo_seconds": grpo_seconds,
             "extra_sft_steps": extra_steps,
         }

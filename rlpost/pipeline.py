@@ -65,6 +65,8 @@ def run_recipe(recipe: Recipe) -> dict:
     evaluate("before training")
     for index, stage in enumerate(recipe.stages):
         label = f"after {stage.trainer.upper()}"
+        repeats = sum(s.trainer == stage.trainer for s in recipe.stages[:index])
+        label += f" #{repeats + 1}" if repeats else ""  # "after SFT", then "after SFT #2" for a second SFT stage
         stage_dir = run_dir / f"{index}-{stage.trainer}"
         final_dir = stage_dir / "final"
         if recipe.resume and (final_dir / "config.json").exists():

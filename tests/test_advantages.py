@@ -167,3 +167,12 @@ def test_dtype_is_preserved():
     r = torch.tensor([1.0, 0.0], dtype=torch.bfloat16)
     assert group_normalized(r, [0, 0]).dtype == torch.bfloat16
     assert group_normalized(torch.tensor([1, 0]), [0, 0]).dtype == torch.get_default_dtype()
+
+
+def test_zero_std_fraction_counts_samples_in_flat_groups():
+    from rlpost.algorithms.advantages import zero_std_fraction
+
+    # groups: 7 -> [1, 1] flat; 3 -> [0, 1] not flat; 5 -> [2] (size 1) flat; 9 -> [nan, 4] flat over finite values
+    rewards = torch.tensor([1.0, 0.0, 1.0, 2.0, 1.0, float("nan"), 4.0])
+    groups = torch.tensor([7, 3, 7, 5, 3, 9, 9])
+    assert zero_std_fraction(rewards, groups) == pytest.approx(5 / 7)  # 2 (group 7) + 1 (group 5) + 2 (group 9)

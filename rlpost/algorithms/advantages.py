@@ -38,6 +38,7 @@ __all__ = [
     "register_advantage",
     "get_advantage",
     "list_advantages",
+    "zero_std_fraction",
 ]
 
 AdvantageFn = Callable[..., Tensor]
@@ -314,3 +315,22 @@ for _name, _std, _description in (
     register_advantage(_name)(_group_normalized_with(_std, _description))
 
 register_advantage("rloo")(rloo)
+
+
+def zero_std_fraction(rewards: Tensor, group_ids: Tensor | Sequence[Any]) -> float:
+    """Share of samples whose group has identical rewards (max == min), i.e. no GRPO learning signal.
+
+    TRL's ``frac_reward_zero_std`` for arbitrary (non-contiguous) groups; NaN rewards are ignored.
+    rewards: [N]; group_ids: [N].
+    """
+    values = rewards.detach().reshape(-1)
+    inverse, num_groups = _group_index(group_ids, values.shape[0], values.device)
+    if num_groups == 0:
+        return 0.0
+    finite = ~torch.isnan(values)
+    high = torch.full((num_groups,), -torch.inf, dtype=values.dtype, device=values.device)
+    low = torch.full((num_groups,), torch.inf, dtype=values.dtype, device=values.device)
+    high = high.scatter_reduce(0, inverse[finite], values[finite], "amax")
+    low = low.scatter_reduce(0, inverse[finite], values[finite], "amin")
+    flat = (high <= low) | torch.isinf(high)  # all-NaN groups count as flat too
+    return flat[inverse].float().mean().item()

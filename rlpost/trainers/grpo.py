@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import trl
 
-from rlpost.algorithms.advantages import get_advantage
+from rlpost.algorithms.advantages import get_advantage, zero_std_fraction
 from rlpost.rewards import RewardModule, to_trl, validate_fields
 
 __all__ = ["GRPOConfig", "GRPOTrainer"]
@@ -147,20 +147,9 @@ class GRPOTrainer(trl.GRPOTrainer):
         mode = "train" if self.model.training else "eval"
         metrics = self._metrics[mode]
         if self.args.group_key is not None and metrics["frac_reward_zero_std"]:
-            metrics["frac_reward_zero_std"][-1] = _frac_zero_std_groups(rewards, group_ids)
+            metrics["frac_reward_zero_std"][-1] = zero_std_fraction(rewards, group_ids)
         metrics["advantages/mean"].append(advantages.mean().item())
         metrics["advantages/abs_mean"].append(advantages.abs().mean().item())
-
-
-def _frac_zero_std_groups(rewards: torch.Tensor, group_ids: torch.Tensor) -> float:
-    """Share of samples whose group has (numerically) identical rewards, i.e. no learning signal."""
-    _, inverse = torch.unique(group_ids, return_inverse=True)
-    num_groups = int(inverse.max()) + 1
-    values = torch.nan_to_num(rewards, nan=0.0)
-    big, small = torch.full((num_groups,), -torch.inf), torch.full((num_groups,), torch.inf)
-    big = big.to(values).scatter_reduce(0, inverse, values, "amax")
-    small = small.to(values).scatter_reduce(0, inverse, values, "amin")
-    return torch.isclose(big, small)[inverse].float().mean().item()
 
 
 def _check_dataset(dataset, name: str) -> None:
