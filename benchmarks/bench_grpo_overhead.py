@@ -1,6 +1,6 @@
 """rlpost.trainers.GRPOTrainer vs plain trl.GRPOTrainer: per-step time on the same model, data, seed and config.
 
-    python benchmarks/bench_grpo_overhead.py [--steps 40] [--rounds 3] [--reward module|function]
+    python benchmarks/bench_grpo_overhead.py [--steps 60] [--rounds 6] [--reward function|module]
 
 Both trainers run in this one process, alternating in rounds (A B A B ...) so drift in machine load hits both.
 Each step is timed from on_step_begin to on_step_end (generation + reward + advantage + loss + update); the first
@@ -70,11 +70,13 @@ def run(kind: str, steps: int, reward: str, task, tokenizer, out_dir: str) -> li
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--reward", choices=["function", "module"], default="function")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: no oversubscription)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     task = AdditionTask(max_operand=49, num_heldout=200)
     tokenizer = tiny_tokenizer(vocab_size=64, corpus=task.corpus())

@@ -39,8 +39,14 @@ def test_tiny_recipe_end_to_end(tmp_path, capsys):
     assert len(grpo_rows) == 4 and all("rewards/exact_match/mean" in r for r in grpo_rows)
     assert {p.name for p in (run_dir / "plots").glob("*.png")} >= {"reward.png", "loss.png", "entropy.png"}
     assert list((run_dir / "wandb").glob("offline-run-*")), "wandb offline run directory missing"
-    items = (run_dir / "item_correctness.csv").read_text().splitlines()
-    assert items[0] == "benchmark,model,item,correct" and len(items) == 1 + 3 * 20
+    # Per-item correctness in Benchmark²'s format: one "model" per evaluated checkpoint, 20 held-out items each.
+    from rlpost.eval.tables import correctness_matrix, read_item_correctness
+
+    items = read_item_correctness(run_dir / "item_correctness.csv")
+    matrix = correctness_matrix(items)
+    assert matrix.shape == (20, 3)
+    final_accuracy = results["accuracy"]["after GRPO"]
+    assert matrix["quickstart:after_GRPO"].mean() == pytest.approx(final_accuracy)
     assert (run_dir / "1-grpo" / "final" / "model.safetensors").exists()
 
     # `rlpost report` redraws from metrics.jsonl alone.
