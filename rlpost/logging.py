@@ -14,7 +14,14 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-__all__ = ["MetricsFileCallback", "configure_wandb", "read_metrics", "truncate_metrics", "write_report"]
+__all__ = [
+    "MetricsFileCallback",
+    "append_metrics",
+    "configure_wandb",
+    "read_metrics",
+    "truncate_metrics",
+    "write_report",
+]
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -50,12 +57,17 @@ class MetricsFileCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
             return
-        row = {"stage": self.stage, "step": state.global_step, **{k: _jsonable(v) for k, v in logs.items()}}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_metrics(self.path.parent, {"stage": self.stage, "step": state.global_step, **logs})
+
+
+def append_metrics(run_dir: str | os.PathLike, row: dict) -> None:
+    """Append one row to ``metrics.jsonl`` (flushed and fsynced, so a kill -9 loses at most the row being written)."""
+    path = Path(run_dir) / METRICS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps({k: _jsonable(v) for k, v in row.items()}) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _jsonable(value: Any) -> Any:
@@ -98,7 +110,7 @@ _PANELS = [
     ("entropy", lambda k: k == "entropy"),
     ("loss", lambda k: k == "loss"),
     ("kl", lambda k: k == "kl"),
-    ("held-out accuracy", lambda k: k.startswith("eval/") and k.endswith("accuracy")),
+    ("held-out accuracy", lambda k: k == "eval/heldout_accuracy"),
 ]
 
 
@@ -125,7 +137,9 @@ def write_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
         for x, row in zip(offsets, rows):
             for key, value in row.items():
                 if wanted(key) and isinstance(value, (int, float)):
-                    xs, ys = series.setdefault(f"{row.get('stage')}: {key}", ([], []))
+                    stage = str(row.get("stage"))
+                    label = key if stage.startswith("eval") else f"{stage}: {key}"  # evals form one curve
+                    xs, ys = series.setdefault(label, ([], []))
                     xs.append(x)
                     ys.append(value)
         if not series:

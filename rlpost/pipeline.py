@@ -20,7 +20,7 @@ from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from rlpost.config import Recipe, trainer_config_class
-from rlpost.logging import MetricsFileCallback, configure_wandb, truncate_metrics, write_report
+from rlpost.logging import MetricsFileCallback, append_metrics, configure_wandb, truncate_metrics, write_report
 
 __all__ = ["run_recipe"]
 
@@ -60,6 +60,7 @@ def run_recipe(recipe: Recipe) -> dict:
         if state.is_main_process:
             _log(f"held-out accuracy {label}: {accuracy:.3f} ({sum(correct)}/{len(correct)})")
             _append_items(run_dir, recipe, label, heldout, correct)
+            append_metrics(run_dir, {"stage": f"eval: {label}", "step": 0, "eval/heldout_accuracy": accuracy})
             results_path.write_text(json.dumps(results, indent=2))
 
     evaluate("before training")

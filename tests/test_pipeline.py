@@ -34,10 +34,12 @@ def test_tiny_recipe_end_to_end(tmp_path, capsys):
     assert set(results["accuracy"]) == {"before training", "after SFT", "after GRPO"}
     rows = read_metrics(run_dir)
     stages = {r["stage"] for r in rows}
-    assert stages == {"0-sft", "1-grpo"}
+    assert stages == {"0-sft", "1-grpo", "eval: before training", "eval: after SFT", "eval: after GRPO"}
+    evals = [r["eval/heldout_accuracy"] for r in rows if r["stage"].startswith("eval")]
+    assert evals == [results["accuracy"][k] for k in ("before training", "after SFT", "after GRPO")]
     grpo_rows = [r for r in rows if r["stage"] == "1-grpo" and "reward" in r]
     assert len(grpo_rows) == 4 and all("rewards/exact_match/mean" in r for r in grpo_rows)
-    assert {p.name for p in (run_dir / "plots").glob("*.png")} >= {"reward.png", "loss.png", "entropy.png"}
+    assert {p.name for p in (run_dir / "plots").glob("*.png")} >= {"reward.png", "loss.png", "entropy.png", "held_out_accuracy.png"}
     assert list((run_dir / "wandb").glob("offline-run-*")), "wandb offline run directory missing"
     # Per-item correctness in Benchmark²'s format: one "model" per evaluated checkpoint, 20 held-out items each.
     from rlpost.eval.tables import correctness_matrix, read_item_correctness
@@ -48,6 +50,12 @@ def test_tiny_recipe_end_to_end(tmp_path, capsys):
     final_accuracy = results["accuracy"]["after GRPO"]
     assert matrix["quickstart:after_GRPO"].mean() == pytest.approx(final_accuracy)
     assert (run_dir / "1-grpo" / "final" / "model.safetensors").exists()
+
+    # `rlpost eval` on the saved checkpoint reproduces the pipeline's final held-out accuracy.
+    capsys.readouterr()
+    data = [o for o in TINY if o.startswith("data.")]
+    assert main(["eval", QUICKSTART, *data, "--model", str(run_dir / "1-grpo" / "final")]) == 0
+    assert f"held-out accuracy: {final_accuracy:.3f}" in capsys.readouterr().out
 
     # `rlpost report` redraws from metrics.jsonl alone.
     assert main(["report", str(run_dir), "--out", str(tmp_path / "plots2")]) == 0
@@ -65,11 +73,7 @@ def test_list_commands(capsys):
 
 def _grpo_rows(run_dir):
     skip = {"step_time", "train_runtime", "train_samples_per_second", "train_steps_per_second"}
-    return [
-        {k: v for k, v in r.items() if k not in skip}
-        for r in read_metrics(run_dir)
-        if r["stage"] == "1-grpo"
-    ]
+    return [{k: v for k, v in r.items() if k not in skip} for r in read_metrics(run_dir) if r["stage"] == "1-grpo"]
 
 
 @pytest.mark.slow
