@@ -36,14 +36,17 @@ def _paraphrase_dataset():
     return Dataset.from_list(rows)
 
 
-def test_group_key_groups_across_prompts_and_reaches_rewards(tmp_path, tiny_model, tiny_tokenizer):
+def _trainer_grouped_by_problem(tmp_path, model, tokenizer):
     reward = RecordingReward()
     args = grpo_args(tmp_path, group_key="problem", per_device_train_batch_size=8, num_generations=4)
     trainer = GRPOTrainer(
-        model=tiny_model, reward_funcs=[reward], args=args, train_dataset=_paraphrase_dataset(),
-        processing_class=tiny_tokenizer,
+        model=model, reward_funcs=[reward], args=args, train_dataset=_paraphrase_dataset(), processing_class=tokenizer
     )
-    data = _paraphrase_dataset()
+    return trainer, reward, _paraphrase_dataset()
+
+
+def test_group_key_groups_across_prompts_and_reaches_rewards(tmp_path, tiny_model, tiny_tokenizer):
+    trainer, reward, data = _trainer_grouped_by_problem(tmp_path, tiny_model, tiny_tokenizer)
     batch = [dict(data[0])] * 4 + [dict(data[2])] * 4  # problem p0 then p1: two groups of 4
     output = trainer._generate_and_score_completions(batch)
     ids = reward.seen_group_ids[-1]
@@ -54,13 +57,7 @@ def test_group_key_groups_across_prompts_and_reaches_rewards(tmp_path, tiny_mode
 
 
 def test_group_key_spanning_two_prompts(tmp_path, tiny_model, tiny_tokenizer):
-    reward = RecordingReward()
-    args = grpo_args(tmp_path, group_key="problem", per_device_train_batch_size=8, num_generations=4)
-    trainer = GRPOTrainer(
-        model=tiny_model, reward_funcs=[reward], args=args, train_dataset=_paraphrase_dataset(),
-        processing_class=tiny_tokenizer,
-    )
-    data = _paraphrase_dataset()
+    trainer, reward, data = _trainer_grouped_by_problem(tmp_path, tiny_model, tiny_tokenizer)
     batch = [dict(data[0])] * 4 + [dict(data[1])] * 4  # two different prompts, same problem -> one group of 8
     output = trainer._generate_and_score_completions(batch)
     assert len(set(reward.seen_group_ids[-1])) == 1

@@ -1,8 +1,9 @@
 """Environments and tasks: data, rollouts and checkers. Envs may use rewards/ and models/, never trainers/."""
 
 from rlpost.envs.arithmetic import AdditionTask
+from rlpost.envs.conflict import ConflictTask
 
 # Built-in single-turn tasks usable from a recipe's `data.task`. Each has `split(name)` and `corpus()`.
-TASKS = {"addition": AdditionTask}
+TASKS = {"addition": AdditionTask, "conflict": ConflictTask}
 
-__all__ = ["TASKS", "AdditionTask"]
+__all__ = ["TASKS", "AdditionTask", "ConflictTask"]
