@@ -29,20 +29,20 @@ METRICS_FILE = "metrics.jsonl"
 def configure_wandb(mode: str, run_dir: str | os.PathLike, project: str = "rlpost", name: str | None = None) -> list:
     """Set wandb's environment for this run and return the ``report_to`` list for TRL configs.
 
-    ``mode``: "offline" (default; nothing needs an account), "online", or "disabled". An explicit ``WANDB_MODE`` in the
-    environment wins, so a user can switch a recipe online without editing it.
+    ``mode``: "offline" (default; nothing needs an account), "online", or "disabled". A recipe's "disabled" always
+    wins; otherwise an explicit ``WANDB_MODE`` in the environment does, so a user can switch a recipe online without
+    editing it. The run directory and name are set for every run (several runs may share one Python process).
     """
     if mode not in ("offline", "online", "disabled"):
         raise ValueError(f"tracking.wandb must be 'offline', 'online' or 'disabled', got {mode!r}.")
-    mode = os.environ.get("WANDB_MODE", mode)
-    if mode == "disabled":
+    if mode == "disabled" or os.environ.get("WANDB_MODE") == "disabled":
         return []
-    os.environ["WANDB_MODE"] = mode
+    os.environ["WANDB_MODE"] = os.environ.get("WANDB_MODE", mode)
     os.environ.setdefault("WANDB_PROJECT", project)
-    os.environ.setdefault("WANDB_DIR", str(run_dir))
+    os.environ["WANDB_DIR"] = str(run_dir)
     os.environ.setdefault("WANDB_SILENT", "true")
     if name is not None:
-        os.environ.setdefault("WANDB_NAME", name)
+        os.environ["WANDB_NAME"] = name
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     return ["wandb"]
 

@@ -76,6 +76,11 @@ def _grpo_rows(run_dir):
     return [{k: v for k, v in r.items() if k not in skip} for r in read_metrics(run_dir) if r["stage"] == "1-grpo"]
 
 
+def _run(cmd, env):
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
 @pytest.mark.slow
 def test_kill_9_then_resume_matches_uninterrupted_run(tmp_path):
     common = [*TINY, "grpo.max_steps=8", "grpo.save_strategy=steps", "grpo.save_steps=3", "tracking.wandb=disabled",
@@ -83,7 +88,7 @@ def test_kill_9_then_resume_matches_uninterrupted_run(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cli = [sys.executable, "-m", "rlpost.cli", "train", QUICKSTART]
     clean, killed = tmp_path / "clean", tmp_path / "killed"
-    subprocess.run([*cli, f"output_dir={clean}", *common], check=True, env=env, capture_output=True)
+    _run([*cli, f"output_dir={clean}", *common], env)
 
     proc = subprocess.Popen([*cli, f"output_dir={killed}", *common], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -96,7 +101,7 @@ def test_kill_9_then_resume_matches_uninterrupted_run(tmp_path):
     proc.wait()
     assert not (killed / "1-grpo" / "final").exists(), "the kill came too late to test resumption"
 
-    subprocess.run([*cli, f"output_dir={killed}", *common, "resume=true"], check=True, env=env, capture_output=True)
+    _run([*cli, f"output_dir={killed}", *common, "resume=true"], env)
     clean_results = json.loads((clean / "results.json").read_text())
     killed_results = json.loads((killed / "results.json").read_text())
     assert killed_results["accuracy"] == clean_results["accuracy"]

@@ -37,6 +37,7 @@ register_lazy_reward("prompt_color", "rlpost.rewards.image:PromptColor", "Offlin
 register_lazy_reward("clip_score", "rlpost.rewards.image:ClipScore", "CLIP image-text cosine similarity (transformers CLIPModel by local path or hub id).")
 register_lazy_reward("pickscore", "rlpost.rewards.image:PickScore", "PickScore (CLIP-H preference model; load by local path or hub id).")
 register_lazy_reward("hpsv2", "rlpost.rewards.image:HPSv2", "HPSv2.1 human-preference score (open_clip ViT-H-14 + HPS checkpoint by path).")
+register_lazy_reward("md_execution", "rlpost.rewards.md_execution:MDExecutionReward", "MDAgent2 LAMMPS reward: extract, sandboxed run, physics checks, optional judge rubric (0-1).")
 register_lazy_reward("image_reward", "rlpost.rewards.image:ImageRewardScore", "ImageReward preference score (image-reward package; load by path).")
 
 __all__ = [
