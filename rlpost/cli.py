@@ -5,6 +5,7 @@
     rlpost report runs/quickstart
     rlpost eval recipes/quickstart.yaml --model runs/quickstart/1-grpo/final
     rlpost bench-quality --scores scores.csv
+    rlpost md run "Simulate an LJ liquid at T*=1.5" --model PATH --potentials-dir DIR
 
 Under ``accelerate launch -m rlpost.cli train ...`` every process runs the same recipe (DDP / DeepSpeed).
 """
@@ -72,9 +73,9 @@ def cmd_list(args) -> int:
         for name, description in sorted(list_rewards().items()):
             print(f"{name}: {description}")
     elif args.what == "envs":
-        from rlpost.envs import TASKS
+        from rlpost.envs import ENVS, TASKS
 
-        for name, cls in sorted(TASKS.items()):
+        for name, cls in sorted({**TASKS, **ENVS}.items()):
             print(f"{name}: {(cls.__doc__ or '').strip().splitlines()[0]}")
     elif args.what == "advantages":
         from rlpost.algorithms.advantages import list_advantages
@@ -156,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     quality = sub.add_parser("bench-quality", help="Benchmark² quality metrics (CBRC, DS, CAD, BQS) and subsets")
     bench_quality.add_arguments(quality)
     quality.set_defaults(func=bench_quality.run)
+
+    from rlpost.envs import md_cli
+
+    md = sub.add_parser("md", help="MDAgent2 LAMMPS runtime: generate, check, run, evaluate, revise")
+    md_cli.add_arguments(md)
+    md.set_defaults(func=md_cli.run)
     return parser
 
 

@@ -132,3 +132,25 @@ def test_unknown_advantage_suggests_the_closest(tmp_path, tiny_model, tiny_token
     with pytest.raises((KeyError, ValueError), match="grpo"):
         GRPOTrainer(model=tiny_model, reward_funcs=[get_reward("exact_match")], args=grpo_args(tmp_path, advantage="gpro"),
                     train_dataset=addition_task.rl_dataset(), processing_class=tiny_tokenizer)
+
+
+def test_ucpg_receives_one_dimension_per_reward_function(tmp_path, tiny_model, tiny_tokenizer, addition_task):
+    from rlpost.algorithms.ucpg import ucpg
+
+    def hash5(completion_ids, **kwargs):
+        return [float(sum(ids) % 5) for ids in completion_ids]
+
+    def length(completions, **kwargs):
+        return [float(len(c)) for c in completions]
+
+    trainer = GRPOTrainer(
+        model=tiny_model, reward_funcs=[hash5, length], args=grpo_args(tmp_path, advantage="ucpg", reward_weights=[2.0, -1.0]),
+        train_dataset=addition_task.rl_dataset(), processing_class=tiny_tokenizer,
+    )
+    rows = addition_task.rl_dataset().select(range(2))
+    output = trainer._generate_and_score_completions([dict(r) for r in rows for _ in range(4)])
+    per_func = trainer._last_rewards_per_func
+    # weight signs only: +hash5, -length (shorter is better); magnitudes ignored
+    expected = ucpg(torch.stack([per_func[:, 0], -per_func[:, 1]], dim=1), trainer._last_group_ids, eps=1e-4)
+    assert expected.abs().sum() > 0, "need a non-trivial chain for this check to mean anything"
+    torch.testing.assert_close(output["advantages"], expected, rtol=0, atol=1e-6)

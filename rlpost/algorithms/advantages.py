@@ -39,6 +39,7 @@ __all__ = [
     "get_advantage",
     "list_advantages",
     "zero_std_fraction",
+    "ucpg",
 ]
 
 AdvantageFn = Callable[..., Tensor]
@@ -334,3 +335,6 @@ def zero_std_fraction(rewards: Tensor, group_ids: Tensor | Sequence[Any]) -> flo
     low = low.scatter_reduce(0, inverse[finite], values[finite], "amin")
     flat = (high <= low) | torch.isinf(high)  # all-NaN groups count as flat too
     return flat[inverse].float().mean().item()
+
+
+from rlpost.algorithms.ucpg import ucpg  # noqa: E402  (registers "ucpg"; ucpg.py builds on the helpers above)

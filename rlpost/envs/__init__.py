@@ -2,9 +2,23 @@
 
 from rlpost.envs.arithmetic import AdditionTask
 from rlpost.envs.conflict import ConflictTask
+from rlpost.envs.md_runtime import MDRuntimeEnv, MDToolEnv, md_tool_env_factory
 from rlpost.envs.recycling import RecyclingBuffer, recycling_dataset
 
 # Built-in single-turn tasks usable from a recipe's `data.task`. Each has `split(name)` and `corpus()`.
 TASKS = {"addition": AdditionTask, "conflict": ConflictTask}
 
-__all__ = ["TASKS", "AdditionTask", "ConflictTask", "RecyclingBuffer", "recycling_dataset"]
+# Multi-turn environments (reset / step, or TRL's environment_factory shape).
+ENVS = {"md_runtime": MDRuntimeEnv}
+
+__all__ = [
+    "ENVS",
+    "TASKS",
+    "AdditionTask",
+    "ConflictTask",
+    "MDRuntimeEnv",
+    "MDToolEnv",
+    "RecyclingBuffer",
+    "md_tool_env_factory",
+    "recycling_dataset",
+]

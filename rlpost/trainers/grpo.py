@@ -129,8 +129,14 @@ class GRPOTrainer(trl.GRPOTrainer):
         weights = self.reward_weights.to(rewards_per_func.device)
         rewards = (rewards_per_func * weights.unsqueeze(0)).nansum(dim=1)
         rewards[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan  # unscorable: excluded, advantage 0
+        scores = rewards
+        if getattr(self.advantage_fn, "wants_per_function_rewards", False):
+            # Multi-dimensional advantages (UCPG) see each reward function as a dimension: [N, D]. A zero weight
+            # drops a column and a negative one flips it to higher-is-better; magnitudes are not used.
+            keep = weights != 0
+            scores = rewards_per_func[:, keep] * weights[keep].sign()
         options = {"eps": self.args.advantage_eps, **self.args.advantage_options}
-        advantages = torch.nan_to_num(self.advantage_fn(rewards, group_ids, **options), nan=0.0)
+        advantages = torch.nan_to_num(self.advantage_fn(scores, group_ids, **options), nan=0.0)
 
         local_n = output["advantages"].shape[0]
         start = self.accelerator.process_index * local_n
