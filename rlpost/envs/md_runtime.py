@@ -52,7 +52,7 @@ from rlpost.rewards.extract import find_script
 from rlpost.rewards.md_execution import (
     DEFAULT_JUDGE_TEMPLATE,
     DEFAULT_STAGE_WEIGHTS,
-    _result_summary,
+    result_summary,
     parse_rubric,
     physics_report,
 )
@@ -564,7 +564,7 @@ class MDRuntimeEnv:
         return quick, f"{quick.error or quick.stage}{where}"
 
     def _apply_judge(self, record: RoundRecord, task: str, script: str, result: Any, report: Any) -> None:
-        prompt = self.judge_template.format(task=task, code=script, result=_result_summary(result, report))
+        prompt = self.judge_template.format(task=task, code=script, result=result_summary(result, report))
         try:
             verdict = parse_rubric(self.judge(prompt))
         except Exception as error:  # noqa: BLE001 - an evaluator outage keeps the stage score

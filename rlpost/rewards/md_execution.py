@@ -51,6 +51,7 @@ __all__ = [
     "parse_rubric",
     "physics_report",
     "rubric_reward",
+    "result_summary",
 ]
 
 logger = logging.getLogger(__name__)
@@ -250,7 +251,7 @@ def physics_report(thermo: Mapping[str, list[float]], log: str, script: str,
     return PhysicsReport(problems)
 
 
-def _result_summary(result: Any, physics: PhysicsReport | None, rows: int = 3) -> str:
+def result_summary(result: Any, physics: PhysicsReport | None, rows: int = 3) -> str:
     """What the judge reads about the run: status, error, thermo head/tail, physics problems."""
     lines = [f"status: {'success' if result.ok else result.stage}"]
     if result.error:
@@ -403,7 +404,7 @@ class MDExecutionReward(RewardModule):
         return row
 
     def _judge(self, task: str, code: str, result: Any, report: PhysicsReport | None) -> RubricScore | None:
-        prompt = self.judge_template.format(task=task, code=code, result=_result_summary(result, report))
+        prompt = self.judge_template.format(task=task, code=code, result=result_summary(result, report))
         for _ in range(1 + self.judge_retries):
             try:
                 verdict = parse_rubric(self.judge(prompt))
