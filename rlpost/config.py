@@ -251,6 +251,9 @@ def _validate_recipe(recipe: Recipe) -> None:
 
         if recipe.data.task not in TASKS:
             raise ConfigError(_unknown("data.task", recipe.data.task, list(TASKS)))
+        task_cls = TASKS[recipe.data.task]
+        if dataclasses.is_dataclass(task_cls):  # typed task options: same errors as every other key
+            _build(task_cls, recipe.data.task_options, "data.task_options")
     known_rewards = list_rewards()
     for i, stage in enumerate(recipe.stages):
         where = f"stages.{i}"

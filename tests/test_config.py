@@ -32,6 +32,8 @@ def test_quickstart_loads_with_typed_values():
         ("stages.1.rewards.0.name=exact_mach", "Did you mean 'exact_match'?"),
         ("stages.1.trainer=grop", "Did you mean 'grpo'?"),
         ("nokey", "must look like key=value"),
+        ("data.task_options.max_opernd=9", "Did you mean 'max_operand'?"),
+        ("data.task_options.carry_error=lots", "data.task_options.carry_error must be a number"),
     ],
 )
 def test_bad_overrides_name_the_key(override, message):
