@@ -34,9 +34,13 @@ def cmd_train(args) -> int:
 
     recipe = load_recipe(args.recipe, args.overrides)  # validates everything before a model loads
     if any(stage.trainer == "flow_grpo" for stage in recipe.stages):
+        from accelerate import PartialState
+
         from rlpost.trainers.flow_grpo import run_flow_recipe
 
-        print(f"run directory: {run_flow_recipe(args.recipe, args.overrides)['run_dir']}")
+        run_dir = run_flow_recipe(args.recipe, args.overrides)["run_dir"]
+        if PartialState().is_main_process:
+            print(f"run directory: {run_dir}")
         return 0
     try:
         results = run_recipe(recipe)

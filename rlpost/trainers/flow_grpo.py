@@ -210,6 +210,24 @@ class FlowRollout:
     images: Tensor | None = None  # [M, 3, H', W'] filled by score()
 
 
+def _make_accelerator(use_cpu: bool, mixed_precision: str):
+    """The trainer's ``Accelerator``, with the true rank and world size under DeepSpeed on CPU too.
+
+    ``PartialState`` is a process-wide singleton that the first caller initializes. Under a DeepSpeed launch,
+    ``cpu=False`` without CUDA lets DeepSpeed open a 2-process group while accelerate finds no backend and reports
+    rank 0 of 1 on every process (so all ranks drew the same prompts); ``cpu=True`` instead silently drops DeepSpeed
+    for plain gloo DDP. As in :func:`rlpost.pipeline.run_recipe`, the process group is set up first with
+    ``PartialState(cpu=True)`` (gloo, true ranks); the ``Accelerator`` is then built with ``cpu=False`` under DeepSpeed
+    so that it still selects the DeepSpeed plugin (the device stays the CPU).
+    """
+    from accelerate import Accelerator, PartialState
+
+    if use_cpu or not torch.cuda.is_available():
+        PartialState(cpu=True)
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    return Accelerator(cpu=use_cpu and not deepspeed, mixed_precision=mixed_precision)
+
+
 class FlowGRPOTrainer:
     """Flow-matching GRPO trainer (see the module docstring for the stages).
 
@@ -232,7 +250,6 @@ class FlowGRPOTrainer:
                  prompt_encoder: Callable[[Sequence[str]], PromptEmbeds], decoder: Callable[[Tensor], Tensor],
                  prompts: Sequence[str] | None = None, adapter: str | FlowAdapter | None = None,
                  reward_weights: Sequence[float] | None = None, ref_model: torch.nn.Module | None = None) -> None:
-        from accelerate import Accelerator
         from accelerate.utils import set_seed
 
         if not isinstance(args, FlowGRPOConfig):
@@ -254,7 +271,7 @@ class FlowGRPOTrainer:
         self.prompt_encoder, self.decoder = prompt_encoder, decoder
         self.advantage_fn = get_advantage(args.advantage)
 
-        self.accelerator = Accelerator(cpu=args.use_cpu, mixed_precision=args.mixed_precision)
+        self.accelerator = _make_accelerator(args.use_cpu, args.mixed_precision)
         set_seed(args.seed, device_specific=True)
         self.generator = torch.Generator().manual_seed(args.seed + 1000 * self.accelerator.process_index)
         self.sigmas = shifted_sigmas(args.num_inference_steps, args.shift)
