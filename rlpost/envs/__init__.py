@@ -2,11 +2,12 @@
 
 from rlpost.envs.arithmetic import AdditionTask
 from rlpost.envs.conflict import ConflictTask
+from rlpost.envs.lammps_fill import LammpsFillTask
 from rlpost.envs.md_runtime import MDRuntimeEnv, MDToolEnv, md_tool_env_factory
 from rlpost.envs.recycling import RecyclingBuffer, recycling_dataset
 
 # Built-in single-turn tasks usable from a recipe's `data.task`. Each has `split(name)` and `corpus()`.
-TASKS = {"addition": AdditionTask, "conflict": ConflictTask}
+TASKS = {"addition": AdditionTask, "conflict": ConflictTask, "lammps_fill": LammpsFillTask}
 
 # Multi-turn environments (reset / step, or TRL's environment_factory shape).
 ENVS = {"md_runtime": MDRuntimeEnv}
@@ -16,6 +17,7 @@ __all__ = [
     "TASKS",
     "AdditionTask",
     "ConflictTask",
+    "LammpsFillTask",
     "MDRuntimeEnv",
     "MDToolEnv",
     "RecyclingBuffer",

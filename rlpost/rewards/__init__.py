@@ -38,6 +38,7 @@ register_lazy_reward("clip_score", "rlpost.rewards.image:ClipScore", "CLIP image
 register_lazy_reward("pickscore", "rlpost.rewards.image:PickScore", "PickScore (CLIP-H preference model; load by local path or hub id).")
 register_lazy_reward("hpsv2", "rlpost.rewards.image:HPSv2", "HPSv2.1 human-preference score (open_clip ViT-H-14 + HPS checkpoint by path).")
 register_lazy_reward("md_execution", "rlpost.rewards.md_execution:MDExecutionReward", "MDAgent2 LAMMPS reward: extract, sandboxed run, physics checks, optional judge rubric (0-1).")
+register_lazy_reward("lammps_fill", "rlpost.rewards.lammps_fill:LammpsFillReward", "Missing-line LAMMPS tasks: insert the completion, run sandboxed, score launch/run/physics.")
 register_lazy_reward("checklist", "rlpost.rewards.checklist:ChecklistReward", "ThinkRL-Edit checklist: a judge writes yes/no questions per prompt, score = fraction answered yes.")
 register_lazy_reward("image_reward", "rlpost.rewards.image:ImageRewardScore", "ImageReward preference score (image-reward package; load by path).")
 
