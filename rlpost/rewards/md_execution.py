@@ -287,7 +287,9 @@ class MDExecutionReward(RewardModule):
     Args:
         executor: a :class:`rlpost.rewards.lammps.LammpsExecutor`; None builds one from ``executor_options``
             (closed by :meth:`close`).
-        judge: optional ``judge(prompt: str) -> str`` (any LLM client). None (default) scores by stage weights.
+        judge: optional judge: a ``judge(prompt: str) -> str`` callable, a :class:`rlpost.rewards.judges.Judge`, or a
+            dict of options for one (``{base_url, model, ...}`` -> ``OpenAIJudge``, else ``LocalJudge``), so a recipe
+            can configure it. None (default) scores by stage weights.
         stage_weights: weights of ``launch``/``run``/``physics`` without a judge (default 0.25/0.5/0.25; an rlpost
             choice, the paper always uses the judge).
         temp_bounds: temperature range of the physics check, ``low < T <= high`` (default ``(0, 1e5]``).
@@ -308,7 +310,7 @@ class MDExecutionReward(RewardModule):
     requires = ("prompt", "completion")
     granularity = "pointwise"
 
-    def __init__(self, executor: Any = None, *, judge: Callable[[str], str] | None = None,
+    def __init__(self, executor: Any = None, *, judge: Any = None,
                  stage_weights: Mapping[str, float] | None = None,
                  temp_bounds: tuple[float, float] = (0.0, 1e5),
                  launch_failure_score: float | None = None, judge_retries: int = 1,
@@ -323,8 +325,10 @@ class MDExecutionReward(RewardModule):
         low, high = temp_bounds
         if not low < high:
             raise ValueError(f"md_execution temp_bounds must be (low, high) with low < high, got {temp_bounds}.")
-        if judge is not None and not callable(judge):
-            raise TypeError(f"md_execution judge must be a callable judge(prompt) -> str, got {type(judge).__name__}.")
+        if judge is not None:
+            from rlpost.rewards.judges import judge_callable
+
+            judge = judge_callable(judge)
         if judge_failure not in ("none", "stages"):
             raise ValueError(f"md_execution judge_failure must be 'none' or 'stages', got {judge_failure!r}.")
         if judge_retries < 0 or judge_concurrency < 1:

@@ -18,6 +18,8 @@ from rlpost.rewards.judges.local import LocalJudge
 from rlpost.rewards.judges.parsing import extract_json, extract_score, extract_yes_no, repair_json
 
 __all__ = [
+    "build_judge",
+    "judge_callable",
     "BaseJudge",
     "Judge",
     "JudgeStats",
@@ -31,3 +33,21 @@ __all__ = [
     "repair_json",
     "to_messages",
 ]
+
+
+def build_judge(spec):
+    """A judge from a recipe value: a Judge passes through; a dict of options builds an ``OpenAIJudge`` when it has
+    ``base_url`` (any OpenAI-compatible server, e.g. vLLM), else a ``LocalJudge`` (``model`` = path or id)."""
+    if isinstance(spec, dict):
+        return OpenAIJudge(**spec) if "base_url" in spec else LocalJudge(**spec)
+    if not hasattr(spec, "complete"):
+        raise TypeError(f"A judge needs complete(prompts, **gen) or a dict of options, got {type(spec).__name__}.")
+    return spec
+
+
+def judge_callable(spec, **gen):
+    """``judge(prompt) -> str | None`` from a callable, a Judge, or a dict of options (see :func:`build_judge`)."""
+    if callable(spec) and not hasattr(spec, "complete"):
+        return spec
+    judge = build_judge(spec)
+    return lambda prompt: judge.complete([prompt], **gen)[0]
