@@ -46,6 +46,9 @@ def test_eaft_trains_and_trl_losses_still_work(tmp_path, tiny_model, tiny_tokeni
     nll = SFTTrainer(model=tiny_model, args=_args(tmp_path, loss_type="nll"),
                      train_dataset=addition_task.sft_dataset(), processing_class=tiny_tokenizer)
     nll.train()
+    nll_losses = [row["loss"] for row in nll.state.log_history if "loss" in row]
+    assert len(nll_losses) == 3 and all(torch.isfinite(torch.tensor(nll_losses)))
+    assert "mean_token_accuracy" in nll.state.log_history[0], "TRL's own nll path (and its metrics) still runs"
 
 
 def test_empty_sft_dataset_is_a_clear_error(tmp_path, tiny_model, tiny_tokenizer, addition_task):

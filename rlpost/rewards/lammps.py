@@ -59,6 +59,7 @@ __all__ = [
     "ScriptRejected",
     "parse_thermo",
     "available_cores",
+    "resolve_executor",
 ]
 
 ScriptRejected = _san.ScriptRejected
@@ -473,3 +474,16 @@ class LammpsExecutor:
                 return commands[int(f.read().strip())].line
         except (OSError, ValueError, IndexError):
             return None
+
+
+def resolve_executor(executor, executor_options, owner: str, **defaults) -> tuple[LammpsExecutor, bool]:
+    """The executor a reward or env uses, and whether it built it (and so must close it).
+
+    ``executor`` given: used as is; ``executor_options`` must then be empty. Otherwise a :class:`LammpsExecutor` is
+    built from ``defaults`` updated with ``executor_options`` (so a recipe configures the sandbox by name).
+    """
+    if executor is not None:
+        if executor_options:
+            raise ValueError(f"{owner}: pass either an executor or executor_options, not both.")
+        return executor, False
+    return LammpsExecutor(**{**defaults, **dict(executor_options or {})}), True

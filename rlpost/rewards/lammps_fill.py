@@ -126,14 +126,9 @@ class LammpsFillReward(RewardModule):
         self.require_dynamics = require_dynamics
         self.temp_bounds = (float(low), float(high))
         self.launch_failure_score = launch_failure_score
-        self._own_executor = executor is None
-        if executor is None:
-            from rlpost.rewards.lammps import LammpsExecutor  # heavy optional dependency, imported on use
+        from rlpost.rewards.lammps import resolve_executor
 
-            executor = LammpsExecutor(**dict(executor_options or {}))
-        elif executor_options:
-            raise ValueError("lammps_fill: pass either an executor or executor_options, not both.")
-        self.executor = executor
+        self.executor, self._own_executor = resolve_executor(executor, executor_options, "lammps_fill")
         super().__init__(**options)
 
     def close(self) -> None:

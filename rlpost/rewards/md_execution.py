@@ -344,14 +344,9 @@ class MDExecutionReward(RewardModule):
         self.judge_failure = judge_failure
         self.judge_template = judge_template
         self.judge_concurrency = judge_concurrency
-        self._own_executor = executor is None
-        if executor is None:
-            from rlpost.rewards.lammps import LammpsExecutor  # heavy optional dependency, imported on use
+        from rlpost.rewards.lammps import resolve_executor
 
-            executor = LammpsExecutor(**dict(executor_options or {}))
-        elif executor_options:
-            raise ValueError("md_execution: pass either an executor or executor_options, not both.")
-        self.executor = executor
+        self.executor, self._own_executor = resolve_executor(executor, executor_options, "md_execution")
         super().__init__(**options)
 
     def close(self) -> None:
