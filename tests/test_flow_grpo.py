@@ -348,3 +348,97 @@ def test_tiny_recipe_runs_and_paper_recipe_validates(tmp_path):
 
     with pytest.raises(ConfigError, match="num_generations"):
         load_flow_recipe(RECIPES / "tiny.yaml", ["stages.0.args.num_generation=4"])
+
+
+# ----------------------------------------------------------------------------- prompt records, editing, UCPG
+
+
+class RecordFieldReward(RewardModule):
+    """Scores 1 where the batch's ``target`` column (from the prompt record) equals the image's prompt index."""
+
+    name = "record_field"
+    description = "reads a record column"
+    requires = ("image", "target")
+
+    def score_batch(self, batch, group_ids):
+        self.seen = list(batch["target"])
+        return RewardOutput([float(t) for t in batch["target"]])
+
+
+class ImageLatentsAdapter(LinearAdapter):
+    """v = c·x + source latents: an 'editing' model whose output depends on PromptEmbeds.image_latents."""
+
+    name = "test_edit_linear"
+
+    def velocity(self, model, latents, t, cond, guidance=3.5):
+        self.check_inputs(latents, t, cond)
+        assert cond.image_latents is not None and cond.image_latents.shape == latents.shape
+        return model.c * latents + cond.image_latents
+
+
+register_flow_adapter(ImageLatentsAdapter(), overwrite=True)
+
+
+def test_prompt_record_fields_reach_every_image_of_their_prompt():
+    reward = RecordFieldReward()
+    trainer = make_trainer(rewards=[reward], mode="flow_grpo", num_generations=3)
+    records = [{"prompt": "a", "target": 7}, {"prompt": "b", "target": 9}]
+    rollout = trainer.rollout(records)
+    rewards, _ = trainer.score(rollout)
+    assert reward.seen == [7, 7, 7, 9, 9, 9]  # member order (prompt, member)
+    assert rewards.tolist() == [7.0, 7.0, 7.0, 9.0, 9.0, 9.0]
+    with pytest.raises(TypeError, match="'prompt' string"):
+        trainer.rollout([{"text": "no prompt key"}])
+
+
+def test_source_images_are_encoded_into_image_latents_and_condition_the_model():
+    encoded = []
+
+    def image_encoder(images):  # identity "VAE" on 8x8 pixel images, 3 -> 4 channels
+        encoded.append(images.shape)
+        return torch.cat([images, images[:, :1]], dim=1)
+
+    args = FlowGRPOConfig(adapter="test_edit_linear", mode="flow_grpo", output_dir="/tmp/unused", max_steps=1,
+                          num_inference_steps=4, resolution=8, vae_scale_factor=1, num_generations=2, use_cpu=True,
+                          save_model=False)
+    trainer = FlowGRPOTrainer(LinearModel(0.0), [BrightnessReward()], args, RandomPromptEncoder(2, 8, 8),
+                              LatentRGBDecoder(4), prompts=["x"], image_encoder=image_encoder)
+    dark, bright = torch.zeros(3, 8, 8), torch.ones(3, 8, 8)
+    out_dark = trainer.sample([{"prompt": "edit", "source_image": dark}], seed=0)
+    out_bright = trainer.sample([{"prompt": "edit", "source_image": bright}], seed=0)
+    assert encoded == [(1, 3, 8, 8), (1, 3, 8, 8)]
+    assert not torch.allclose(out_dark, out_bright)  # same noise and prompt: only the source image differs
+    rollout = trainer.rollout([{"prompt": "edit", "source_image": bright}])
+    assert rollout.cond.image_latents.shape == (1, 4, 8, 8)
+    with pytest.raises(ValueError, match="image_encoder"):
+        make_trainer(mode="flow_grpo").rollout([{"prompt": "p", "source_image": dark}])
+
+
+def test_rollout_num_generations_override_gives_one_image_per_prompt():
+    trainer = make_trainer(mode="flow_grpo")
+    rollout = trainer.rollout(["p1", "p2", "p3"], num_generations=1)
+    assert rollout.latents.shape[0] == 3 and rollout.image_prompt.tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match="num_generations"):
+        make_trainer().rollout(["p1"], num_generations=1)  # E-GRPO needs a group per anchor
+
+
+class SecondDimension(RewardModule):
+    name = "second_dim"
+    description = "minus brightness"
+    requires = ("image",)
+
+    def score_batch(self, batch, group_ids):
+        return RewardOutput([-float(image.mean()) for image in batch["image"]])
+
+
+def test_ucpg_in_the_flow_trainer_sees_one_column_per_reward():
+    # Two exactly opposed dimensions: no pair is Pareto-ordered, so UCPG gives every sample 0. The weighted sum of
+    # brightness (weight 2) and its negation (weight 1) would still rank by brightness.
+    trainer = make_trainer(rewards=[BrightnessReward(), SecondDimension()], mode="flow_grpo", advantage="ucpg")
+    trainer.reward_weights = [2.0, 1.0]
+    rollout = trainer.rollout(PROMPTS[:2])
+    rewards, _ = trainer.score(rollout)
+    assert rollout.rewards_per_func.shape == (8, 2)
+    assert torch.count_nonzero(trainer.compute_advantages(rewards, rollout)) == 0
+    trainer.reward_weights = [2.0, 0.0]  # a zero weight drops the column: UCPG on brightness alone ranks everything
+    assert torch.count_nonzero(trainer.compute_advantages(rewards, rollout)) == 8

@@ -39,6 +39,7 @@ __all__ = [
     "get_advantage",
     "list_advantages",
     "zero_std_fraction",
+    "per_function_scores",
     "ucpg",
 ]
 
@@ -335,6 +336,17 @@ def zero_std_fraction(rewards: Tensor, group_ids: Tensor | Sequence[Any]) -> flo
     low = low.scatter_reduce(0, inverse[finite], values[finite], "amin")
     flat = (high <= low) | torch.isinf(high)  # all-NaN groups count as flat too
     return flat[inverse].float().mean().item()
+
+
+def per_function_scores(rewards_per_func: Tensor, weights: Tensor) -> Tensor:
+    """The ``[N, D]`` matrix a multi-dimensional estimator (UCPG) sees: one column per reward function.
+
+    A zero weight drops its column and a negative one flips it to higher-is-better; magnitudes are not used, since
+    UCPG's point is to not trade dimensions against each other. rewards_per_func: [N, D]; weights: [D].
+    """
+    weights = weights.to(rewards_per_func.device)
+    keep = weights != 0
+    return rewards_per_func[:, keep] * weights[keep].sign().to(rewards_per_func.dtype)
 
 
 from rlpost.algorithms.ucpg import ucpg  # noqa: E402  (registers "ucpg"; ucpg.py builds on the helpers above)

@@ -58,10 +58,14 @@ __all__ = [
 
 @dataclass
 class PromptEmbeds:
-    """Text conditioning for a batch: ``embeds [B, S, D]`` (T5 / joint tokens) and ``pooled [B, P]`` (CLIP pooled)."""
+    """Conditioning for a batch: ``embeds [B, S, D]`` (T5 / joint tokens), ``pooled [B, P]`` (CLIP pooled) and, for
+    image editing, ``image_latents [B, C, H, W]``: the source image encoded into the latent space (what
+    Qwen-Image-Edit and FLUX Kontext feed the transformer beside the noisy latents). Text-to-image adapters ignore it.
+    """
 
     embeds: Tensor
     pooled: Tensor
+    image_latents: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.embeds.ndim != 3 or self.pooled.ndim != 2 or self.embeds.shape[0] != self.pooled.shape[0]:
@@ -69,6 +73,10 @@ class PromptEmbeds:
                 f"PromptEmbeds needs embeds [B, S, D] and pooled [B, P] with one batch size, got "
                 f"{tuple(self.embeds.shape)} and {tuple(self.pooled.shape)}."
             )
+        if self.image_latents is not None and (self.image_latents.ndim != 4
+                                               or self.image_latents.shape[0] != self.embeds.shape[0]):
+            raise ValueError(f"PromptEmbeds.image_latents must be [B, C, H, W] with B = {self.embeds.shape[0]}, got "
+                             f"{tuple(self.image_latents.shape)}.")
 
     def __len__(self) -> int:
         return self.embeds.shape[0]
@@ -76,10 +84,12 @@ class PromptEmbeds:
     def index(self, rows: Tensor | Sequence[int]) -> "PromptEmbeds":
         """Rows of the batch, e.g. ``cond.index(prompt_of_sample)`` to expand one embedding per group member."""
         rows = torch.as_tensor(rows, dtype=torch.long, device=self.embeds.device)
-        return PromptEmbeds(self.embeds[rows], self.pooled[rows])
+        image = None if self.image_latents is None else self.image_latents[rows.to(self.image_latents.device)]
+        return PromptEmbeds(self.embeds[rows], self.pooled[rows], image)
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "PromptEmbeds":
-        return PromptEmbeds(self.embeds.to(device, dtype), self.pooled.to(device, dtype))
+        image = None if self.image_latents is None else self.image_latents.to(device, dtype)
+        return PromptEmbeds(self.embeds.to(device, dtype), self.pooled.to(device, dtype), image)
 
 
 def _prompt_seed(prompt: str, seed: int) -> int:

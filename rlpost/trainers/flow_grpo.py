@@ -41,7 +41,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +49,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rlpost.algorithms.advantages import get_advantage
+from rlpost.algorithms.advantages import get_advantage, per_function_scores
 from rlpost.algorithms.losses import gaussian_mean_kl, ppo_clip_loss
 from rlpost.algorithms.sde import (
     explicit_schedule,
@@ -208,6 +208,16 @@ class FlowRollout:
     image_prompt: Tensor  # [M]
     image_column: Tensor  # [M]
     images: Tensor | None = None  # [M, 3, H', W'] filled by score()
+    records: list[dict[str, Any]] = field(default_factory=list)  # [B] the prompt records (extra fields → rewards)
+    rewards_per_func: Tensor | None = None  # [M, D] one column per reward module, filled by score()
+
+
+def _as_record(prompt: str | Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(prompt, str):
+        return {"prompt": prompt}
+    if isinstance(prompt, Mapping) and isinstance(prompt.get("prompt"), str):
+        return dict(prompt)
+    raise TypeError(f"a flow prompt is a string or a mapping with a 'prompt' string, got {prompt!r:.80}.")
 
 
 def _make_accelerator(use_cpu: bool, mixed_precision: str):
@@ -238,7 +248,12 @@ class FlowGRPOTrainer:
             fields ``image`` (float ``[3, H, W]`` in [0, 1]), ``prompt`` and ``group_id``.
         args: :class:`FlowGRPOConfig`.
         prompts: the training prompts (default ``args.prompts``); each iteration draws ``prompts_per_step`` of them.
+            A prompt is a string or a record ``{"prompt": str, ...}`` whose other fields reach the reward modules
+            as batch columns (e.g. ``source_image`` for the checklist reward, a task spec for a programmatic judge).
         prompt_encoder: callable ``list[str] -> PromptEmbeds`` (see :mod:`rlpost.models.flow`).
+        image_encoder: for editing: callable ``images [B, 3, H, W] in [0, 1] -> latents [B, C, h, w]`` (a VAE
+            encoder, or the identity for pixel-space tiny models). Records with a ``source_image`` are encoded with
+            it into ``PromptEmbeds.image_latents``, which an editing adapter feeds to the transformer.
         decoder: callable ``latents [M, C, H, W] -> images [M, 3, H', W']`` in [0, 1].
         adapter: adapter name or instance (default ``args.adapter``).
         reward_weights: one weight per reward (default 1.0 each); the total reward is the weighted sum.
@@ -248,14 +263,15 @@ class FlowGRPOTrainer:
 
     def __init__(self, model: torch.nn.Module, reward_funcs: Any, args: FlowGRPOConfig,
                  prompt_encoder: Callable[[Sequence[str]], PromptEmbeds], decoder: Callable[[Tensor], Tensor],
-                 prompts: Sequence[str] | None = None, adapter: str | FlowAdapter | None = None,
-                 reward_weights: Sequence[float] | None = None, ref_model: torch.nn.Module | None = None) -> None:
+                 prompts: Sequence[str | Mapping[str, Any]] | None = None, adapter: str | FlowAdapter | None = None,
+                 reward_weights: Sequence[float] | None = None, ref_model: torch.nn.Module | None = None,
+                 image_encoder: Callable[[Tensor], Tensor] | None = None) -> None:
         from accelerate.utils import set_seed
 
         if not isinstance(args, FlowGRPOConfig):
             raise TypeError(f"args must be a FlowGRPOConfig, got {type(args).__name__}.")
         self.args = args
-        self.prompts = list(prompts if prompts is not None else args.prompts)
+        self.prompts = [_as_record(p) for p in (prompts if prompts is not None else args.prompts)]
         if not self.prompts:
             raise ValueError("FlowGRPOTrainer needs prompts: pass prompts=[...] or set args.prompts.")
         funcs = reward_funcs if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
@@ -268,10 +284,17 @@ class FlowGRPOTrainer:
         if len(self.reward_weights) != len(self.reward_funcs):
             raise ValueError(f"got {len(self.reward_weights)} reward_weights for {len(self.reward_funcs)} rewards.")
         self.adapter = get_flow_adapter(adapter or args.adapter) if not isinstance(adapter, FlowAdapter) else adapter
-        self.prompt_encoder, self.decoder = prompt_encoder, decoder
+        self.prompt_encoder, self.decoder, self.image_encoder = prompt_encoder, decoder, image_encoder
         self.advantage_fn = get_advantage(args.advantage)
 
         self.accelerator = _make_accelerator(args.use_cpu, args.mixed_precision)
+        if (getattr(self.accelerator.state, "deepspeed_plugin", None) is not None and not args.batched_forward
+                and not args.optimizer_step_per_timestep):
+            # accelerate's DeepSpeed backward() also steps the engine, so per-timestep backwards would become one
+            # optimizer step per timestep instead of one per iteration.
+            raise ValueError("batched_forward=False with optimizer_step_per_timestep=False is not supported under "
+                             "DeepSpeed (every backward steps the DeepSpeed engine). Use batched_forward=True, which "
+                             "gives the same gradient in one backward.")
         set_seed(args.seed, device_specific=True)
         self.generator = torch.Generator().manual_seed(args.seed + 1000 * self.accelerator.process_index)
         self.sigmas = shifted_sigmas(args.num_inference_steps, args.shift)
@@ -378,11 +401,30 @@ class FlowGRPOTrainer:
             idx[live] += 1
         return x
 
+    def encode(self, records: Sequence[Mapping[str, Any]]) -> PromptEmbeds:
+        """Conditioning for prompt records: the prompt encoder on the texts, plus the source images through
+        ``image_encoder`` when the records carry ``source_image`` (editing)."""
+        cond = self.prompt_encoder([r["prompt"] for r in records])
+        sources = [r.get("source_image") for r in records]
+        if any(image is not None for image in sources):
+            if any(image is None for image in sources):
+                raise ValueError("some prompt records have a source_image and some do not; an editing batch needs "
+                                 "one per record.")
+            if self.image_encoder is None:
+                raise ValueError("prompt records carry source_image but the trainer has no image_encoder: pass "
+                                 "image_encoder= (a VAE encoder, or the identity for pixel-space models).")
+            from rlpost.rewards.image import to_image_tensor
+
+            images = torch.stack([to_image_tensor(image) for image in sources])
+            with torch.no_grad():
+                cond.image_latents = self.image_encoder(images.to(self.device))
+        return cond.to(self.device)
+
     @torch.no_grad()
-    def sample(self, prompts: Sequence[str], seed: int = 0) -> Tensor:
+    def sample(self, prompts: Sequence[str | Mapping[str, Any]], seed: int = 0) -> Tensor:
         """Deterministic ODE samples (one per prompt, noise from ``seed``) decoded to images [B, 3, H, W]: the
         evaluation sampler, independent of the training mode, so runs in different modes compare on equal terms."""
-        cond = self.prompt_encoder(list(prompts)).to(self.device)
+        cond = self.encode([_as_record(p) for p in prompts])
         noise = torch.randn(len(prompts), *self._latent_shape(), generator=torch.Generator().manual_seed(seed))
         start = torch.zeros(len(prompts), dtype=torch.long, device=self.device)
         rows = torch.arange(len(prompts), device=self.device)
@@ -390,15 +432,27 @@ class FlowGRPOTrainer:
 
     # ------------------------------------------------------------------------------------------- 1. rollout
     @torch.no_grad()
-    def rollout(self, prompts: Sequence[str]) -> FlowRollout:
-        """Sample the group's images and store the transitions to train (stage 1)."""
-        cond = self.prompt_encoder(list(prompts)).to(self.device)
-        if self.args.mode == "e_grpo":
-            return self._rollout_e_grpo(list(prompts), cond)
-        return self._rollout_sde(list(prompts), cond)
+    def rollout(self, prompts: Sequence[str | Mapping[str, Any]], num_generations: int | None = None) -> FlowRollout:
+        """Sample the group's images and store the transitions to train (stage 1).
 
-    def _rollout_e_grpo(self, prompts: list[str], cond: PromptEmbeds) -> FlowRollout:
-        b, g, sigmas = len(prompts), self.args.num_generations, self.sigmas.to(self.device)
+        ``num_generations`` overrides ``args.num_generations`` for this call (Flow-GRPO / DanceGRPO modes), e.g. 1
+        when a caller forms the groups itself, as the reasoning trainer does with one rewritten prompt per candidate.
+        """
+        records = [_as_record(p) for p in prompts]
+        cond = self.encode(records)
+        g = self.args.num_generations if num_generations is None else num_generations
+        if self.args.mode == "e_grpo":
+            if g < 2:
+                raise ValueError("mode='e_grpo' branches a group of >= 2 members from each anchor; num_generations "
+                                 f"must be >= 2, got {g}.")
+            rollout = self._rollout_e_grpo([r["prompt"] for r in records], cond, g)
+        else:
+            rollout = self._rollout_sde([r["prompt"] for r in records], cond, g)
+        rollout.records = records
+        return rollout
+
+    def _rollout_e_grpo(self, prompts: list[str], cond: PromptEmbeds, g: int) -> FlowRollout:
+        b, sigmas = len(prompts), self.sigmas.to(self.device)
         rows = torch.arange(b, device=self.device)
         # Anchor: one deterministic ODE trajectory per prompt from one shared noise (E-GRPO Alg. 1).
         x = self._randn(b, *self._latent_shape())
@@ -436,8 +490,8 @@ class FlowGRPOTrainer:
             image_prompt=member_prompt, image_column=slot,
         )
 
-    def _rollout_sde(self, prompts: list[str], cond: PromptEmbeds) -> FlowRollout:
-        b, g, sigmas = len(prompts), self.args.num_generations, self.sigmas.to(self.device)
+    def _rollout_sde(self, prompts: list[str], cond: PromptEmbeds, g: int) -> FlowRollout:
+        b, sigmas = len(prompts), self.sigmas.to(self.device)
         n, num_steps = b * g, self.args.num_inference_steps
         member_prompt = torch.arange(b, device=self.device).repeat_interleave(g)
         shape = self._latent_shape()
@@ -477,12 +531,16 @@ class FlowGRPOTrainer:
         group_ids = self._group_ids(rollout).tolist()
         batch = {"image": list(rollout.images), "prompt": [rollout.prompts[int(p)] for p in rollout.image_prompt],
                  "group_id": group_ids}
+        for key in {k for r in rollout.records for k in r} - {"prompt"}:  # record fields become batch columns
+            batch[key] = [rollout.records[int(p)].get(key) for p in rollout.image_prompt]
         total = torch.zeros(m, dtype=torch.float64)
         scored = torch.zeros(m, dtype=torch.bool)
+        per_func = []
         metrics: dict[str, float] = {}
         for module, weight in zip(self.reward_funcs, self.reward_weights):
             output = module(batch, group_ids)
             values = torch.tensor([math.nan if s is None else s for s in output.scores], dtype=torch.float64)
+            per_func.append(values)
             valid = ~torch.isnan(values)
             total += torch.where(valid, weight * values, 0.0)
             scored |= valid
@@ -492,6 +550,7 @@ class FlowGRPOTrainer:
             for key, value in output.metrics.items():
                 metrics[key if key.startswith("rewards/") else f"rewards/{module.name}/{key}"] = float(value)
         total[~scored] = math.nan  # no reward applies: excluded from group statistics, advantage 0
+        rollout.rewards_per_func = torch.stack(per_func, dim=1)
         return total, metrics
 
     def _group_ids(self, rollout: FlowRollout) -> Tensor:
@@ -502,7 +561,10 @@ class FlowGRPOTrainer:
     def compute_advantages(self, rewards: Tensor, rollout: FlowRollout) -> Tensor:
         """Group-normalized advantages per image [M] (stage 3), clipped to ±adv_clip_max; NaN rewards give 0."""
         options = {"eps": self.args.advantage_eps, "clip": self.args.adv_clip_max, **self.args.advantage_options}
-        adv = self.advantage_fn(rewards, self._group_ids(rollout).cpu(), **options)
+        scores = rewards
+        if getattr(self.advantage_fn, "wants_per_function_rewards", False) and rollout.rewards_per_func is not None:
+            scores = per_function_scores(rollout.rewards_per_func, torch.tensor(self.reward_weights))  # UCPG: [M, D]
+        adv = self.advantage_fn(scores, self._group_ids(rollout).cpu(), **options)
         return torch.nan_to_num(adv, nan=0.0).to(self.device, torch.float32)
 
     # ------------------------------------------------------------------------------------------- 4. loss
@@ -592,7 +654,7 @@ class FlowGRPOTrainer:
         return stats
 
     # ------------------------------------------------------------------------------------------- the loop
-    def _next_prompts(self) -> list[str]:
+    def _next_prompts(self) -> list[dict[str, Any]]:
         picks = torch.randint(len(self.prompts), (self.args.prompts_per_step,), generator=self.generator)
         return [self.prompts[int(i)] for i in picks]
 

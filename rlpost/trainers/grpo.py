@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import trl
 
-from rlpost.algorithms.advantages import get_advantage, zero_std_fraction
+from rlpost.algorithms.advantages import get_advantage, per_function_scores, zero_std_fraction
 from rlpost.rewards import RewardModule, to_trl, validate_fields
 
 __all__ = ["GRPOConfig", "GRPOTrainer"]
@@ -131,10 +131,8 @@ class GRPOTrainer(trl.GRPOTrainer):
         rewards[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan  # unscorable: excluded, advantage 0
         scores = rewards
         if getattr(self.advantage_fn, "wants_per_function_rewards", False):
-            # Multi-dimensional advantages (UCPG) see each reward function as a dimension: [N, D]. A zero weight
-            # drops a column and a negative one flips it to higher-is-better; magnitudes are not used.
-            keep = weights != 0
-            scores = rewards_per_func[:, keep] * weights[keep].sign()
+            # Multi-dimensional advantages (UCPG) see each reward function as a dimension: [N, D].
+            scores = per_function_scores(rewards_per_func, weights)
         options = {"eps": self.args.advantage_eps, **self.args.advantage_options}
         advantages = torch.nan_to_num(self.advantage_fn(scores, group_ids, **options), nan=0.0)
 
