@@ -527,12 +527,19 @@ class FlowGRPOTrainer:
     def score(self, rollout: FlowRollout) -> tuple[Tensor, dict[str, float]]:
         """Decode and score every image (stage 2): the weighted sum of the reward modules, NaN where none applies."""
         rollout.images = self.decoder(rollout.latents).float().cpu()
-        m = rollout.images.shape[0]
-        group_ids = self._group_ids(rollout).tolist()
-        batch = {"image": list(rollout.images), "prompt": [rollout.prompts[int(p)] for p in rollout.image_prompt],
-                 "group_id": group_ids}
+        batch = {"image": list(rollout.images), "prompt": [rollout.prompts[int(p)] for p in rollout.image_prompt]}
         for key in {k for r in rollout.records for k in r} - {"prompt"}:  # record fields become batch columns
             batch[key] = [rollout.records[int(p)].get(key) for p in rollout.image_prompt]
+        total, rollout.rewards_per_func, metrics = self.score_batch(batch, self._group_ids(rollout).tolist())
+        return total, metrics
+
+    def score_batch(self, batch: dict[str, list], group_ids: list[int]) -> tuple[Tensor, Tensor, dict[str, float]]:
+        """Run the reward modules on a batch of columns (``image``, ``prompt``, ...): ``(weighted sum [M] with NaN
+        where no reward applies, per-module scores [M, D], metrics)``. Callers that form their own groups (the
+        reasoning trainer scores against the task's instruction, not the plan it conditioned on) use this directly.
+        """
+        batch = {**batch, "group_id": list(group_ids)}
+        m = len(group_ids)
         total = torch.zeros(m, dtype=torch.float64)
         scored = torch.zeros(m, dtype=torch.bool)
         per_func = []
@@ -550,8 +557,14 @@ class FlowGRPOTrainer:
             for key, value in output.metrics.items():
                 metrics[key if key.startswith("rewards/") else f"rewards/{module.name}/{key}"] = float(value)
         total[~scored] = math.nan  # no reward applies: excluded from group statistics, advantage 0
-        rollout.rewards_per_func = torch.stack(per_func, dim=1)
-        return total, metrics
+        return total, torch.stack(per_func, dim=1), metrics
+
+    def advantage_scores(self, rewards: Tensor, rewards_per_func: Tensor | None) -> Tensor:
+        """What the advantage estimator sees: the weighted sum ``[M]``, or one column per reward ``[M, D]`` for an
+        estimator that asks for it (UCPG)."""
+        if getattr(self.advantage_fn, "wants_per_function_rewards", False) and rewards_per_func is not None:
+            return per_function_scores(rewards_per_func, torch.tensor(self.reward_weights))
+        return rewards
 
     def _group_ids(self, rollout: FlowRollout) -> Tensor:
         # E-GRPO normalizes per (prompt, active step) (§3.3.2); one id per pair makes any registry estimator do that.
@@ -561,9 +574,7 @@ class FlowGRPOTrainer:
     def compute_advantages(self, rewards: Tensor, rollout: FlowRollout) -> Tensor:
         """Group-normalized advantages per image [M] (stage 3), clipped to ±adv_clip_max; NaN rewards give 0."""
         options = {"eps": self.args.advantage_eps, "clip": self.args.adv_clip_max, **self.args.advantage_options}
-        scores = rewards
-        if getattr(self.advantage_fn, "wants_per_function_rewards", False) and rollout.rewards_per_func is not None:
-            scores = per_function_scores(rollout.rewards_per_func, torch.tensor(self.reward_weights))  # UCPG: [M, D]
+        scores = self.advantage_scores(rewards, rollout.rewards_per_func)
         adv = self.advantage_fn(scores, self._group_ids(rollout).cpu(), **options)
         return torch.nan_to_num(adv, nan=0.0).to(self.device, torch.float32)
 
