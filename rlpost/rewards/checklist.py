@@ -41,6 +41,7 @@ __all__ = [
     "DEFAULT_QUESTION_PROMPT",
     "ChecklistReward",
     "image_to_data_url",
+    "judge_message",
     "parse_questions",
 ]
 
@@ -147,6 +148,23 @@ def image_to_data_url(image: Any) -> str:
     else:
         data = _png_bytes(image)
     return f"data:image/png;base64,{base64.b64encode(data).decode()}"
+
+
+def judge_message(text: str, images: Sequence[tuple[str, Any]], image_format: str = "openai"
+                  ) -> str | list[dict[str, Any]]:
+    """One user turn for a judge: plain ``text``, or each ``(label, image)`` as a text part and an image part,
+    followed by ``text``. ``image_format``: ``"openai"`` (``image_url`` with a data URL, for HTTP judges) or
+    ``"object"`` (the image itself, for a :class:`~rlpost.rewards.judges.LocalJudge` processor)."""
+    images = [(label, image) for label, image in images if image is not None]
+    if not images:
+        return text
+    parts: list[dict[str, Any]] = []
+    for label, image in images:
+        parts.append({"type": "text", "text": label})
+        parts.append({"type": "image", "image": image} if image_format == "object"
+                     else {"type": "image_url", "image_url": {"url": image_to_data_url(image)}})
+    parts.append({"type": "text", "text": text})
+    return [{"role": "user", "content": parts}]
 
 
 def _image_key(image: Any) -> str:
@@ -288,21 +306,8 @@ class ChecklistReward(RewardModule):
             )
 
     # -- message building ------------------------------------------------------------------------------------------
-    def _image_part(self, image: Any) -> dict[str, Any]:
-        if self.image_format == "object":
-            return {"type": "image", "image": image}
-        return {"type": "image_url", "image_url": {"url": image_to_data_url(image)}}
-
     def _message(self, text: str, images: Sequence[tuple[str, Any]]) -> str | list[dict[str, Any]]:
-        """One user turn: plain text, or labelled image parts followed by the text."""
-        images = [(label, image) for label, image in images if image is not None]
-        if not images:
-            return text
-        parts: list[dict[str, Any]] = []
-        for label, image in images:
-            parts += [{"type": "text", "text": label}, self._image_part(image)]
-        parts.append({"type": "text", "text": text})
-        return [{"role": "user", "content": parts}]
+        return judge_message(text, images, self.image_format)
 
     # -- scoring ---------------------------------------------------------------------------------------------------
     def _questions_for(self, requests: dict[str, tuple[str, Any]], metrics: dict[str, float]) -> dict[str, list[str]]:
