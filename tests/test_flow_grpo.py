@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from flow_helpers import BrightnessReward, ConstantReward
 
 from rlpost.algorithms.advantages import multi_step_group_normalized
 from rlpost.algorithms.sde import shifted_sigmas
@@ -73,24 +74,6 @@ class LinearAdapter(FlowAdapter):
 
 
 register_flow_adapter(LinearAdapter(), overwrite=True)
-
-
-class ConstantReward(RewardModule):
-    name = "constant"
-    description = "always 1"
-    requires = ("image",)
-
-    def score_one(self, sample):
-        return 1.0
-
-
-class BrightnessReward(RewardModule):
-    name = "brightness"
-    description = "mean pixel value"
-    requires = ("image",)
-
-    def score_batch(self, batch, group_ids):
-        return RewardOutput([float(image.mean()) for image in batch["image"]])
 
 
 def make_trainer(model=None, adapter="test_linear", rewards=None, **overrides):

@@ -8,10 +8,10 @@ import json
 
 import pytest
 import torch
+from flow_helpers import BrightnessReward, ConstantReward
 
 from rlpost.models import tiny_causal_lm, tiny_tokenizer
 from rlpost.models.flow import LatentRGBDecoder, RandomPromptEncoder, tiny_flow_transformer
-from rlpost.rewards import RewardModule, RewardOutput
 from rlpost.trainers.flow_grpo import FlowGRPOConfig, FlowGRPOTrainer
 from rlpost.trainers.reasoning_edit import (
     JudgeReflector,
@@ -30,25 +30,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-class Brightness(RewardModule):
-    name = "brightness"
-    description = "mean pixel value"
-    requires = ("image", "prompt")
-
-    def score_batch(self, batch, group_ids):
-        self.prompts = list(batch["prompt"])
-        return RewardOutput([float(image.mean()) for image in batch["image"]])
-
-
-class Constant(RewardModule):
-    name = "constant"
-    description = "always 1"
-    requires = ("image",)
-
-    def score_one(self, sample):
-        return 1.0
 
 
 class ScriptedJudge:
@@ -74,7 +55,7 @@ def make_trainer(tmp_path, rewards=None, reflector=None, **overrides):
                               num_inference_steps=4, resolution=16, num_generations=2, use_cpu=True,
                               save_model=False, learning_rate=1e-3, timestep_fraction=1.0)
     model = tiny_flow_transformer("flux", seed=0)
-    generator = FlowGRPOTrainer(model, rewards or [Brightness()], gen_args,
+    generator = FlowGRPOTrainer(model, rewards or [BrightnessReward()], gen_args,
                                 prompt_encoder=RandomPromptEncoder(8, model.config.joint_attention_dim,
                                                                    model.config.pooled_projection_dim),
                                 decoder=LatentRGBDecoder(4), prompts=["unused"])
@@ -105,7 +86,7 @@ def test_both_ratios_are_one_on_policy_and_both_losses_use_the_candidate_advanta
 
 def test_reflection_regenerates_mismatched_candidates_once_with_the_feedback(tmp_path):
     judge = ScriptedJudge(mismatch={1, 4})
-    reward = Brightness()
+    reward = BrightnessReward()
     trainer = make_trainer(tmp_path, rewards=[reward], reflector=JudgeReflector(judge))
     rollout = trainer.rollout(TASKS)
     assert rollout["redo"] == [1, 4]
@@ -124,7 +105,7 @@ def test_reflection_regenerates_mismatched_candidates_once_with_the_feedback(tmp
 
 
 def test_constant_reward_gives_zero_gradient_to_planner_and_generator(tmp_path):
-    trainer = make_trainer(tmp_path, rewards=[Constant()], reflect=False)
+    trainer = make_trainer(tmp_path, rewards=[ConstantReward()], reflect=False)
     rollout = trainer.rollout(TASKS)
     advantages = trainer.compute_advantages(rollout)
     assert torch.count_nonzero(advantages) == 0
