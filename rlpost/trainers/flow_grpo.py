@@ -48,6 +48,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from rlpost.algorithms.advantages import get_advantage, per_function_scores
 from rlpost.algorithms.losses import gaussian_mean_kl, ppo_clip_loss
@@ -728,9 +729,11 @@ class FlowGRPOTrainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._init_tracking()
         history = []
-        for _ in range(self.args.max_steps):
+        bar = tqdm(range(self.args.max_steps), desc=f"{self.args.mode}", disable=not self.accelerator.is_main_process)
+        for _ in bar:
             row = self.step()
             history.append(row)
+            bar.set_postfix(reward=f"{row['reward']:.4f}", s_per_it=f"{row['time/iteration_s']:.2f}")
             if self.global_step % self.args.logging_steps == 0:
                 self.log(row)
             every = self.args.sample_images_every

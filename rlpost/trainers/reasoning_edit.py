@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from rlpost.algorithms.losses import ppo_clip_loss
 from rlpost.rewards.checklist import judge_message
@@ -405,9 +406,11 @@ class ReasoningEditTrainer:
         """Run ``max_steps`` iterations; rows go to ``<output_dir>/metrics.jsonl`` as stage ``reasoning_edit``."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         history = []
-        for _ in range(self.args.max_steps):
+        bar = tqdm(range(self.args.max_steps), desc="reasoning_edit")
+        for _ in bar:
             row = self.step()
             history.append(row)
+            bar.set_postfix(reward=f"{row['reward']:.4f}", regenerated=f"{row['reflect/regenerated_frac']:.2f}")
             if self.global_step % self.args.logging_steps == 0:
                 clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
                 with (self.run_dir / "metrics.jsonl").open("a") as f:
