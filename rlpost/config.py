@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["ConfigError", "Recipe", "apply_overrides", "load_recipe", "trainer_config_class"]
+__all__ = ["ConfigError", "LoraSpec", "Recipe", "apply_overrides", "load_recipe", "lora_config", "trainer_config_class"]
 
 
 class ConfigError(ValueError):
@@ -28,8 +28,24 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class LoraSpec:
+    """Low-rank adapters (LoRA, Hu et al. 2021, arXiv 2106.09685) instead of full fine-tuning: peft's ``LoraConfig``.
+
+    The update of a frozen weight W is ``ΔW = (alpha / r) · B A`` with rank ``r`` (LoRA eq. 3 and §4.1); only A and B
+    train, and each stage's ``final/`` holds the adapter (``adapter_model.safetensors``), not the full model. All
+    stages of a recipe train the same adapter (SFT then GRPO continue one another, like full fine-tuning does).
+    """
+
+    r: int = 16                                   # rank of A [r, in] and B [out, r]
+    alpha: float = 32.0                           # scale alpha / r (peft's lora_alpha)
+    dropout: float = 0.05                         # dropout on the adapter's input (peft's lora_dropout)
+    target_modules: list[str] | str = "all-linear"  # module names, or peft's "all-linear" (every linear but the head)
+
+
+@dataclass
 class ModelSpec:
-    """``name_or_path``: ``tiny:qwen2`` / ``tiny:llama`` (offline random init), a local folder, or a hub id."""
+    """``name_or_path``: ``tiny:qwen2`` / ``tiny:llama`` (offline random init), a local folder, or a hub id.
+    ``lora``: train LoRA adapters instead of all weights (:class:`LoraSpec`); absent or null = full fine-tuning."""
 
     name_or_path: str = "tiny:qwen2"
     hidden_size: int = 64
@@ -39,6 +55,7 @@ class ModelSpec:
     tokenizer_vocab_size: int = 64
     trust_remote_code: bool = False
     torch_dtype: str | None = None
+    lora: LoraSpec | None = None
 
 
 @dataclass
@@ -254,6 +271,7 @@ def _validate_recipe(recipe: Recipe) -> None:
         task_cls = TASKS[recipe.data.task]
         if dataclasses.is_dataclass(task_cls):  # typed task options: same errors as every other key
             _build(task_cls, recipe.data.task_options, "data.task_options")
+    _validate_lora(recipe)
     known_rewards = list_rewards()
     for i, stage in enumerate(recipe.stages):
         where = f"stages.{i}"
@@ -276,3 +294,30 @@ def check_trainer_args(trainer: str, args: dict, where: str) -> None:
         if key not in fields:
             raise ConfigError(_unknown(f"{where}.{key}", key, list(fields)))
         args[key] = _coerce(hints[key], value, f"{where}.{key}")
+
+
+def _validate_lora(recipe: Recipe) -> None:
+    lora = recipe.model.lora
+    if lora is None:
+        return
+    if lora.r < 1:
+        raise ConfigError(f"model.lora.r must be a positive integer (the adapter rank), got {lora.r}.")
+    if lora.alpha <= 0:
+        raise ConfigError(f"model.lora.alpha must be > 0 (the update is scaled by alpha / r), got {lora.alpha}.")
+    if not 0.0 <= lora.dropout < 1.0:
+        raise ConfigError(f"model.lora.dropout must be in [0, 1), got {lora.dropout}.")
+    if isinstance(lora.target_modules, list) and not lora.target_modules:
+        raise ConfigError("model.lora.target_modules is empty; list module names (e.g. [q_proj, v_proj]) or use "
+                          "'all-linear'.")
+    flow = [i for i, stage in enumerate(recipe.stages) if stage.trainer not in ("sft", "grpo")]
+    if flow:
+        raise ConfigError(f"model.lora applies to sft and grpo stages only; stage {flow[0]} is "
+                          f"'{recipe.stages[flow[0]].trainer}'. Remove model.lora or that stage.")
+
+
+def lora_config(spec: LoraSpec):
+    """peft's ``LoraConfig`` for a causal LM from a validated :class:`LoraSpec`."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
+                      target_modules=spec.target_modules, task_type="CAUSAL_LM")

@@ -4,6 +4,10 @@ The stages of one recipe share one model: the SFT stage's weights are the GRPO s
 writes its checkpoints under ``<output_dir>/<index>-<trainer>/``; with ``resume: true`` a finished stage is loaded
 from its ``final/`` folder and an interrupted one continues from its last checkpoint (optimizer, scheduler, RNG and
 data order included), so a killed run ends where an uninterrupted one would.
+
+With ``model.lora`` the first stage wraps the model in peft LoRA adapters (``peft_config`` of TRL's trainers) and every
+later stage keeps training that same adapter; each ``final/`` then holds the adapter (``adapter_config.json`` +
+``adapter_model.safetensors``, loadable with ``PeftModel.from_pretrained(base, final_dir)``), not a full checkpoint.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from accelerate import PartialState
 from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from rlpost.config import Recipe, trainer_config_class
+from rlpost.config import Recipe, lora_config, trainer_config_class
 from rlpost.logging import MetricsFileCallback, append_metrics, configure_wandb, truncate_metrics, write_report
 
 __all__ = ["run_recipe"]
@@ -70,9 +74,9 @@ def run_recipe(recipe: Recipe) -> dict:
         label += f" #{repeats + 1}" if repeats else ""  # "after SFT", then "after SFT #2" for a second SFT stage
         stage_dir = run_dir / f"{index}-{stage.trainer}"
         final_dir = stage_dir / "final"
-        if recipe.resume and (final_dir / "config.json").exists():
+        if recipe.resume and _finished(final_dir, recipe):
             _log(f"stage {index} ({stage.trainer}) already finished; loading {final_dir}")
-            model = type(model).from_pretrained(final_dir, use_safetensors=True)
+            model = _load_finished(model, final_dir, recipe)
         else:
             model, accelerator = _train_stage(recipe, index, stage, stage_dir, model, tokenizer, task, report_to)
             # What the trainer actually ran on (accelerate's state is re-initialized by each TrainingArguments).
@@ -106,6 +110,34 @@ def _load(recipe: Recipe):
         tokenizer = load_tokenizer(spec.name_or_path, trust_remote_code=spec.trust_remote_code)
         model = load_causal_lm(spec.name_or_path, trust_remote_code=spec.trust_remote_code, torch_dtype=spec.torch_dtype)
     return task, tokenizer, model
+
+
+def _finished(final_dir: Path, recipe: Recipe) -> bool:
+    marker = "adapter_config.json" if recipe.model.lora is not None else "config.json"
+    return (final_dir / marker).exists()
+
+
+def _load_finished(model, final_dir: Path, recipe: Recipe):
+    """A finished stage's weights: the full model, or with LoRA its adapter on the current model (wrapping the base
+    on the first stage, overwriting the adapter's weights on later ones)."""
+    if recipe.model.lora is None:
+        return type(model).from_pretrained(final_dir, use_safetensors=True)
+    from peft import PeftModel, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    if isinstance(model, PeftModel):
+        set_peft_model_state_dict(model, load_file(final_dir / "adapter_model.safetensors"))
+        return model
+    return PeftModel.from_pretrained(model, final_dir, is_trainable=True)
+
+
+def _peft_config(recipe: Recipe, model):
+    """LoRA for the first stage; None once the model carries the adapter (later stages train the same one)."""
+    if recipe.model.lora is None:
+        return None
+    from peft import PeftModel
+
+    return None if isinstance(model, PeftModel) else lora_config(recipe.model.lora)
 
 
 def _stage_dataset(recipe: Recipe, stage, task):
@@ -168,7 +200,8 @@ def _train_stage(recipe, index, stage, stage_dir, model, tokenizer, task, report
     if stage.trainer == "sft":
         from rlpost.trainers import SFTTrainer
 
-        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks)
+        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks,
+                             peft_config=_peft_config(recipe, model))
     else:
         from rlpost.rewards import get_reward
         from rlpost.trainers import GRPOTrainer
@@ -178,7 +211,7 @@ def _train_stage(recipe, index, stage, stage_dir, model, tokenizer, task, report
             args.reward_weights = [r.weight for r in stage.rewards]
         trainer = GRPOTrainer(
             model=model, reward_funcs=modules, args=args, train_dataset=dataset, processing_class=tokenizer,
-            callbacks=callbacks,
+            callbacks=callbacks, peft_config=_peft_config(recipe, model),
         )
     checkpoint = get_last_checkpoint(str(stage_dir)) if recipe.resume and stage_dir.exists() else None
     if checkpoint is not None:

@@ -34,6 +34,13 @@ def test_quickstart_loads_with_typed_values():
         ("nokey", "must look like key=value"),
         ("data.task_options.max_opernd=9", "Did you mean 'max_operand'?"),
         ("data.task_options.carry_error=lots", "data.task_options.carry_error must be a number"),
+        ("model.lora.target_module=[q_proj]", "Unknown key 'model.lora.target_module'. Did you mean 'target_modules'?"),
+        ("model.lora.lora_alpha=8", "Did you mean 'alpha'?"),
+        ("model.lora.r=0", "model.lora.r must be a positive integer"),
+        ("model.lora.r=eight", "model.lora.r must be an integer, got 'eight'"),
+        ("model.lora.dropout=1.5", "model.lora.dropout must be in [0, 1)"),
+        ("model.lora.alpha=-1", "model.lora.alpha must be > 0"),
+        ("model.lora.target_modules=[]", "model.lora.target_modules is empty"),
     ],
 )
 def test_bad_overrides_name_the_key(override, message):
@@ -73,3 +80,22 @@ def test_cli_reports_config_errors_without_traceback(capsys):
 
     assert main(["train", str(QUICKSTART), "grpo.learning_rat=1"]) == 2
     assert "Did you mean 'learning_rate'?" in capsys.readouterr().err
+
+
+def test_lora_block_is_validated_like_the_rest():
+    recipe = load_recipe(QUICKSTART, ["model.lora.r=8", "model.lora.target_modules=[q_proj,v_proj]"])
+    lora = recipe.model.lora
+    assert (lora.r, lora.alpha, lora.dropout, lora.target_modules) == (8, 32.0, 0.05, ["q_proj", "v_proj"])
+    assert load_recipe(QUICKSTART).model.lora is None  # absent: full fine-tuning
+    from rlpost.config import lora_config
+
+    config = lora_config(lora)  # what the pipeline hands TRL as peft_config
+    assert (config.r, config.lora_alpha, config.lora_dropout, set(config.target_modules)) == (8, 32.0, 0.05,
+                                                                                          {"q_proj", "v_proj"})
+    assert config.task_type == "CAUSAL_LM"
+    assert load_recipe(QUICKSTART, ["model.lora.r=8"]).model.lora.target_modules == "all-linear"
+
+
+def test_lora_is_refused_for_flow_stages():
+    with pytest.raises(ConfigError, match="model.lora applies to sft and grpo stages only; stage 0 is 'flow_grpo'"):
+        load_recipe(RECIPES / "e_grpo" / "tiny.yaml", ["model.lora.r=4"])

@@ -156,6 +156,41 @@ def test_step_api_stages_and_round_limit(executor):
         env.step("anything")
 
 
+def test_static_check_is_the_sandboxs_rules_all_problems_at_once(executor, potentials):
+    from rlpost.rewards._lammps_sanitize import ScriptRejected, sanitize, static_check
+
+    good = CU_SCRIPT.format(potential="potentials/Cu_u3.eam")
+    assert static_check(good, potentials_dir=potentials) == []
+    # three hostile lines (2, 3, 15): the sandbox stops at the first, the static check names all three
+    hostile = "shell rm -rf data\nread_data ../../etc/passwd\n" + good + "dump 1 all atom 10 /tmp/out.lammpstrj\n"
+    problems = static_check(hostile, potentials_dir=potentials)
+    assert [p.line for p in problems] == [1, 2, 16]
+    assert "'shell' is forbidden" in problems[0].reason and str(problems[0]).startswith("line 1: ")
+    with pytest.raises(ScriptRejected) as first:
+        sanitize(hostile)
+    assert (first.value.line, first.value.reason) == (problems[0].line, problems[0].reason)
+    # the same caps as the executor it is given
+    long_run = good.replace("run 20", "run 500000")
+    assert "run" in static_check(long_run, max_run_steps=executor.max_run_steps)[0].reason
+    assert static_check(long_run, max_run_steps=executor.max_run_steps, cap_run_steps=True) == []
+    # an include from outside the potentials dir is a problem; the empty script is one too
+    assert "not in the potentials dir" in static_check("include potentials/missing.in\n" + good,
+                                                        potentials_dir=potentials)[0].reason
+    assert [str(p) for p in static_check("  \n# only a comment\n")] == ["script is empty (no LAMMPS commands)"]
+    with pytest.raises(ValueError, match="not a directory"):
+        static_check(good, potentials_dir=potentials / "Cu_u3.eam")
+
+
+def test_syntax_stage_reports_every_static_problem(executor):
+    env = MDRuntimeEnv(executor, max_rounds=2, system_prompt=None)
+    env.reset(task="Simulate copper.")
+    script = "shell rm -rf data\n" + CU_SCRIPT.format(potential="Cu_u3.eam") + "write_data /etc/x.data\n"
+    _obs, reward, _done, info = env.step(fenced(script))
+    record = info["round"]
+    assert record.stage == "syntax" and reward == 0.0 and record.result is None  # nothing was run
+    assert "line 1: 'shell' is forbidden" in record.error and "line 15: " in record.error
+
+
 def test_stage_rewards_after_the_run(executor):
     good = CU_SCRIPT.format(potential="Cu_u3.eam")
     # temperature bound 100 K < the 300 K start: launch 0.25 + run 0.5, physics fails -> 0.75

@@ -62,6 +62,68 @@ def test_tiny_recipe_end_to_end(tmp_path, capsys):
     assert (tmp_path / "plots2" / "reward.png").stat().st_size > 1000
 
 
+def test_lora_recipe_trains_only_the_adapter_and_saves_it(tmp_path, monkeypatch):
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    from rlpost import pipeline
+    from rlpost.config import load_recipe
+    from rlpost.models import load_causal_lm, load_tokenizer
+
+    trained = []  # the model each stage returns, as the pipeline holds it
+    train_stage = pipeline._train_stage
+    monkeypatch.setattr(pipeline, "_train_stage", lambda *a, **k: trained.append(train_stage(*a, **k)) or trained[-1])
+    run_dir = tmp_path / "lora"
+    recipe = load_recipe(QUICKSTART, [
+        *TINY, f"output_dir={run_dir}", "tracking.wandb=disabled", "tracking.plots=false", "eval.enabled=false",
+        "model.lora.r=4", "model.lora.alpha=8", "model.lora.dropout=0.0", "model.lora.target_modules=[q_proj,v_proj]",
+        "sft.learning_rate=1e-2", "grpo.learning_rate=1e-2",
+    ])
+    pipeline.run_recipe(recipe)
+    model = trained[-1][0]
+    assert isinstance(model, PeftModel) and trained[0][0] is model  # SFT and GRPO trained one adapter
+
+    # The base weights are the untouched random init; only the adapters moved (B starts at zero in LoRA).
+    spec = recipe.model
+    tokenizer = load_tokenizer(spec.name_or_path, vocab_size=spec.tokenizer_vocab_size,
+                               corpus=pipeline._load(recipe)[0].corpus())
+    fresh = lambda: load_causal_lm(spec.name_or_path, tokenizer=tokenizer, hidden_size=spec.hidden_size,  # noqa: E731
+                                   num_layers=spec.num_layers, num_heads=spec.num_heads, seed=spec.seed)
+    base = dict(fresh().named_parameters())
+    lora, frozen = {}, 0
+    for name, param in model.named_parameters():
+        if "lora_" in name:
+            lora[name] = param
+            continue
+        key = name.removeprefix("base_model.model.").replace(".base_layer", "")
+        assert torch.equal(param, base[key]), f"base weight {key} changed"
+        assert not param.requires_grad
+        frozen += 1
+    assert frozen == len(base)
+    assert sorted({n.split(".")[-4] for n in lora}) == ["q_proj", "v_proj"] and len(lora) == 2 * 2 * spec.num_layers
+    assert all(p.abs().sum() > 0 for n, p in lora.items() if "lora_B" in n), "an adapter did not train"
+
+    # Each final/ is an adapter in safetensors, and it loads back onto a fresh base with the trained logits.
+    for stage in ("0-sft", "1-grpo"):
+        final = run_dir / stage / "final"
+        assert (final / "adapter_model.safetensors").exists() and (final / "adapter_config.json").exists()
+        assert not (final / "model.safetensors").exists()
+    saved = load_file(run_dir / "1-grpo" / "final" / "adapter_model.safetensors")
+    assert len(saved) == len(lora) and all("lora_" in k for k in saved)
+    loaded = PeftModel.from_pretrained(fresh(), run_dir / "1-grpo" / "final").eval()
+    ids = torch.tensor([tokenizer.encode("3+4=7")])
+    model.eval()
+    with torch.no_grad():
+        expected = model(ids).logits
+        assert torch.allclose(loaded(ids).logits, expected, atol=1e-6)
+        assert not torch.allclose(fresh()(ids).logits, expected, atol=1e-3)  # the adapter changed the model
+        # resume=true takes the same route: wrap the base with stage 0's adapter, then load stage 1's into it
+        resumed = pipeline._load_finished(fresh(), run_dir / "0-sft" / "final", recipe)
+        resumed = pipeline._load_finished(resumed, run_dir / "1-grpo" / "final", recipe)
+        assert torch.allclose(resumed.eval()(ids).logits, expected, atol=1e-6)
+
+
 def test_list_commands(capsys):
     assert main(["list", "rewards"]) == 0
     assert "exact_match:" in capsys.readouterr().out

@@ -47,7 +47,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-from rlpost.rewards import _lammps_sanitize as _san
+from rlpost.rewards._lammps_sanitize import command_words, static_check
 from rlpost.rewards.extract import find_script
 from rlpost.rewards.md_execution import (
     DEFAULT_JUDGE_TEMPLATE,
@@ -120,8 +120,7 @@ def potential_files(script: str) -> list[str]:
     """Potential / table / include files a script reads, in order of first use, as written (``potentials/X`` or
     ``X``). Words built from variables (``$``) are skipped: they cannot be checked before the run."""
     names: list[str] = []
-    for _line, text in _san.split_commands(script):
-        words = [_san._unquote(w) for w in _san.split_words(text)]
+    for _line, words in command_words(script):
         if not words or words[0] not in _FILE_COMMANDS:
             continue
         for word in words[1:]:
@@ -538,12 +537,12 @@ class MDRuntimeEnv:
         """``(result or None, error or None)``; a result comes back when LAMMPS already ran the whole script."""
         ex = self.executor
         if self.syntax_check == "static":
-            try:
-                _san.sanitize(script, potentials=ex._potentials, max_run_steps=ex.max_run_steps,
-                              cap_run_steps=ex.cap_run_steps, allow_variable_paths=ex.allow_variable_paths,
-                              jump_files_as_self=ex.jump_files_as_self)
-            except _san.ScriptRejected as e:
-                return None, f"rejected before running: {e}"
+            # the executor's own rules and options, every problem at once (the run would stop at the first)
+            problems = static_check(script, potentials_dir=ex.potentials_dir, max_run_steps=ex.max_run_steps,
+                                    cap_run_steps=ex.cap_run_steps, allow_variable_paths=ex.allow_variable_paths,
+                                    jump_files_as_self=ex.jump_files_as_self)
+            if problems:
+                return None, "rejected before running: " + "; ".join(str(p) for p in problems)
             return None, None
         if self._syntax_executor is None:
             from rlpost.rewards.lammps import LammpsExecutor
@@ -616,7 +615,10 @@ class MDToolEnv:
     TRL builds one instance per rollout, calls ``reset(**row)`` and appends the returned text to the prompt's last
     user message, exposes every public method except ``reset``/``get_reward`` as a tool, and scores the rollout
     with ``get_reward()``. Each ``run_lammps`` call is one runtime round; calls after ``max_rounds`` (or after
-    success) are refused. The model must be able to call tools (a chat template with tool support).
+    success) are refused. The model must be able to call tools: a chat template that renders ``tools``, tool calls
+    and tool turns, plus a response template TRL parses calls with (Qwen's work as they are; rlpost's tiny
+    tokenizer has both, see :func:`rlpost.models.factory.enable_tool_calling`). ``tests/test_md_tool_grpo.py``
+    runs it inside :class:`rlpost.trainers.GRPOTrainer`.
 
     Args:
         runtime: an :class:`MDRuntimeEnv`; None builds one from ``runtime_options`` (with ``system_prompt=None``:

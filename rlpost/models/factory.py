@@ -22,9 +22,11 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
 
 __all__ = [
+    "CHATML_RESPONSE_TEMPLATE",
     "CHATML_TEMPLATE",
     "TINY_PREFIX",
     "default_cache_dir",
+    "enable_tool_calling",
     "load_causal_lm",
     "load_tokenizer",
     "tiny_causal_lm",
@@ -34,15 +36,66 @@ __all__ = [
 TINY_PREFIX = "tiny:"
 
 # ChatML, as used by Qwen; `{% generation %}` markers let TRL's assistant_only_loss find the assistant tokens.
+# Tool calling follows Qwen2.5/Qwen3's layout, shortened for tiny models: with `tools`, a system block lists their
+# JSON schemas (merged into the first system message when there is one); an assistant turn renders its `tool_calls`
+# as `<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>` after its content; a `tool` message becomes a user
+# turn `<tool_response>\n...\n</tool_response>` (one per message; Qwen groups consecutive ones). Without `tools`,
+# `tool_calls` or tool messages the output is byte-for-byte the plain ChatML rlpost had before tool support
+# (pinned by tests/test_models.py: the quickstart's numbers depend on it).
 CHATML_TEMPLATE = (
+    "{% set ns = namespace(skip_first=false) %}"
+    "{% if tools %}"
+    "{{ '<|im_start|>system\n' }}"
+    "{% if messages and messages[0]['role'] == 'system' %}"
+    "{{ messages[0]['content'] + '\n\n' }}{% set ns.skip_first = true %}"
+    "{% endif %}"
+    "{{ '# Tools\nYou may call these functions; their signatures are in <tools></tools>:\n<tools>' }}"
+    "{% for tool in tools %}{{ '\n' + (tool | tojson) }}{% endfor %}"
+    "{{ '\n</tools>\nTo call one, answer with <tool_call>\n{\"name\": <function-name>, \"arguments\": "
+    "<args-json-object>}\n</tool_call><|im_end|>\n' }}"
+    "{% endif %}"
     "{% for message in messages %}"
+    "{% if not (loop.first and ns.skip_first) %}"
+    "{% if message['role'] == 'tool' %}"
+    "{{ '<|im_start|>user\n<tool_response>\n' + message['content'] + '\n</tool_response><|im_end|>\n' }}"
+    "{% else %}"
     "{{ '<|im_start|>' + message['role'] + '\n' }}"
-    "{% if message['role'] == 'assistant' %}{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}"
+    "{% if message['role'] == 'assistant' %}{% generation %}"
+    "{{ message['content'] or '' }}"
+    "{% if message['tool_calls'] %}"
+    "{% for call in message['tool_calls'] %}"
+    "{% set fn = call['function'] if call['function'] is defined else call %}"
+    "{% if message['content'] or not loop.first %}{{ '\n' }}{% endif %}"
+    "{{ '<tool_call>\n{\"name\": \"' + fn['name'] + '\", \"arguments\": ' }}"
+    "{{ fn['arguments'] if fn['arguments'] is string else (fn['arguments'] | tojson) }}"
+    "{{ '}\n</tool_call>' }}"
+    "{% endfor %}"
+    "{% endif %}"
+    "{{ '<|im_end|>' }}{% endgeneration %}"
     "{% else %}{{ message['content'] + '<|im_end|>' }}{% endif %}"
     "{{ '\n' }}"
+    "{% endif %}"
+    "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+# How transformers' `parse_response` reads an assistant turn of CHATML_TEMPLATE back into a message (the
+# `response_template` format of transformers >= 5.13, the same shape as TRL 1.16's `qwen3_template` minus thinking):
+# each `<tool_call>` block is JSON {"name", "arguments"}, the text before them is the content.
+CHATML_RESPONSE_TEMPLATE = {
+    "defaults": {"role": "assistant"},
+    "start_anchor": "<|im_start|>assistant\n",
+    "fields": {
+        "tool_calls": {
+            "open": "<tool_call>",
+            "close_pattern": r"</tool_call>\s*",
+            "repeats": True,
+            "content": "json",
+            "transform": {"type": "function", "function": "{content}"},
+        },
+        "content": {"close_pattern": r"<\|im_end\|>\s*", "content": "text"},
+    },
+}
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 # A small built-in corpus: enough to give the BPE sensible merges for English words, digits and arithmetic.
@@ -87,7 +140,28 @@ def tiny_tokenizer(
             _save_atomically(_train_tokenizer(vocab_size, corpus, split_digits), path)
     # PreTrainedTokenizerFast, not AutoTokenizer: a folder tagged qwen2 would come back as a Qwen2 tokenizer with a
     # different digit split (see ENVIRONMENT.md).
-    return PreTrainedTokenizerFast.from_pretrained(path)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
+    # The template is code, not trained state: set the current one, so a tokenizer cached before a template change
+    # (tool support) still renders tools. Non-tool conversations render the same with either.
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def enable_tool_calling(tokenizer):
+    """Let transformers' ``parse_response`` (and so TRL's tool loop) read tool calls back out of a tiny tokenizer's
+    generations: sets ``response_template`` to :data:`CHATML_RESPONSE_TEMPLATE` when the tokenizer uses
+    :data:`CHATML_TEMPLATE` and has none yet; any other tokenizer is returned untouched (TRL 1.16's
+    ``add_response_schema`` knows the real Qwen/Llama/... templates itself).
+
+    Not set by :func:`tiny_tokenizer`: with a ``response_template``, TRL decodes *every* conversational completion
+    through ``parse_response`` instead of ``batch_decode(skip_special_tokens=True)``, which would change what the
+    rewards of non-tool runs (the quickstart) see. :class:`rlpost.trainers.GRPOTrainer` calls this when it is given
+    ``tools`` or an ``environment_factory``.
+    """
+    if getattr(tokenizer, "chat_template", None) == CHATML_TEMPLATE and getattr(tokenizer, "response_template",
+                                                                                  None) is None:
+        tokenizer.response_template = CHATML_RESPONSE_TEMPLATE
+    return tokenizer
 
 
 def _train_tokenizer(vocab_size: int, corpus: list[str], split_digits: bool) -> PreTrainedTokenizerFast:

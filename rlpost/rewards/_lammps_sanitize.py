@@ -33,12 +33,16 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "Command",
+    "Problem",
     "ScriptRejected",
     "Sanitized",
+    "check_expanded",
+    "command_words",
+    "index_potentials",
+    "sanitize",
     "split_commands",
     "split_words",
-    "sanitize",
-    "check_expanded",
+    "static_check",
 ]
 
 
@@ -156,6 +160,12 @@ def split_words(text: str) -> list[str]:
         words.append(text[i:j])
         i = j
     return words
+
+
+def command_words(script: str) -> list[tuple[int, list[str]]]:
+    """``(first_line_number, words)`` per command, words unquoted: the commands as LAMMPS reads them, for callers
+    that inspect a script (which files it names) without sanitizing it."""
+    return [(line, [_unquote(w) for w in split_words(text)]) for line, text in split_commands(script)]
 
 
 def _unquote(word: str) -> str:
@@ -470,7 +480,10 @@ def sanitize(script: str, *, work_dir: str | None = None,
     return ctx.out
 
 
-def _sanitize_into(ctx: _Ctx, script: str, source: str, depth_left: int) -> None:
+def _sanitize_into(ctx: _Ctx, script: str, source: str, depth_left: int,
+                   problems: list[Problem] | None = None) -> None:
+    """Sanitize ``script`` into ``ctx.out``. With ``problems`` (the top-level script only), a rejected command is
+    recorded there and the pass goes on with the next one instead of raising."""
     if "\x00" in script:
         raise ScriptRejected("script contains a NUL byte")
     for line, text in split_commands(script):
@@ -479,19 +492,87 @@ def _sanitize_into(ctx: _Ctx, script: str, source: str, depth_left: int) -> None
         except ScriptRejected as e:
             if source != "script":
                 raise ScriptRejected(f"in include file {source}: {e.reason}", line) from None
-            raise
+            if problems is None:
+                raise
+            problems.append(Problem(e.line, e.reason))
+            continue
         cmd.source = source
         if cmd.action == "include":
             src = ctx.potentials.get(cmd.arg)
-            if src is None:
-                _fail(f"include file '{cmd.arg}' is not in the potentials dir; only trusted "
-                      "files can be included", line)
-            if depth_left <= 0:
-                _fail("include files nested too deeply", line)
-            with open(src, encoding="utf-8", errors="replace") as f:
-                _sanitize_into(ctx, f.read(), cmd.arg, depth_left - 1)
+            reason = (f"include file '{cmd.arg}' is not in the potentials dir; only trusted files can be included"
+                      if src is None else "include files nested too deeply" if depth_left <= 0 else None)
+            if reason is not None:
+                if problems is None:
+                    _fail(reason, line)
+                problems.append(Problem(line, reason))
+                continue
+            try:
+                with open(src, encoding="utf-8", errors="replace") as f:
+                    _sanitize_into(ctx, f.read(), cmd.arg, depth_left - 1)
+            except ScriptRejected as e:
+                if problems is None:
+                    raise
+                problems.append(Problem(e.line, e.reason))
             continue
         ctx.out.commands.append(cmd)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One reason :func:`static_check` rejects a script: the script line (None for the whole script) and why."""
+
+    line: int | None
+    reason: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.reason}" if self.line is not None else self.reason
+
+
+def index_potentials(directory: str | os.PathLike | None) -> dict[str, str]:
+    """The trusted potential files of ``directory`` (top level): ``{name: real path, "potentials/" + name: real
+    path}``, the two ways a script may name one. A symlink that leaves the directory is skipped: it would smuggle
+    any file into the sandbox. Raises ``ValueError`` when ``directory`` is not a directory."""
+    if directory is None:
+        return {}
+    root = os.path.realpath(directory)
+    if not os.path.isdir(root):
+        raise ValueError(f"potentials_dir {str(directory)!r} is not a directory; pass an "
+                         "existing directory of potential files or None")
+    index = {}
+    for name in sorted(os.listdir(root)):
+        real = os.path.realpath(os.path.join(root, name))
+        if os.path.commonpath([root, real]) != root or not os.path.isfile(real):
+            continue
+        index[name] = real
+        index[f"potentials/{name}"] = real
+    return index
+
+
+def static_check(script: str, *, potentials_dir: str | os.PathLike | None = None,
+                 max_run_steps: int | None = None, cap_run_steps: bool = False,
+                 allow_variable_paths: bool = False, jump_files_as_self: bool = False,
+                 max_include_depth: int = 4) -> list[Problem]:
+    """Every problem the sandbox's static pass finds in ``script``, in script order; empty when it would run.
+
+    The same rules as :func:`sanitize` (and so as :class:`rlpost.rewards.lammps.LammpsExecutor`, given the same
+    options), but without a work dir and without stopping at the first rejected command, so that a syntax pass
+    (``md_runtime``) can report all of them to a model in one round instead of one per round. Never raises for a
+    bad script; ``ValueError`` only for a ``potentials_dir`` that is not a directory.
+    """
+    if not isinstance(script, str):
+        return [Problem(None, f"script must be a string, got {type(script).__name__}")]
+    if not script.strip():
+        return [Problem(None, "script is empty")]
+    ctx = _Ctx(None, index_potentials(potentials_dir), max_run_steps, cap_run_steps,
+               Sanitized(commands=[]), allow_variable_paths, jump_files_as_self)
+    problems: list[Problem] = []
+    try:
+        _sanitize_into(ctx, script, "script", max_include_depth, problems)
+    except ScriptRejected as e:  # the whole-script checks (a NUL byte)
+        problems.append(Problem(e.line, e.reason))
+    if not problems and not any(c.action == "lammps" for c in ctx.out.commands):
+        problems.append(Problem(None, "script is empty (no LAMMPS commands)"))
+    return problems
 
 
 def check_expanded(text: str, line: int, *, work_dir: str | None,

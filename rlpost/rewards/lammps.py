@@ -289,21 +289,7 @@ class LammpsExecutor:
 
     @staticmethod
     def _index_potentials(directory: str | None) -> dict[str, str]:
-        if directory is None:
-            return {}
-        root = os.path.realpath(directory)
-        if not os.path.isdir(root):
-            raise ValueError(f"potentials_dir {directory!r} is not a directory; pass an "
-                             "existing directory of potential files or None")
-        index = {}
-        for name in sorted(os.listdir(root)):
-            real = os.path.realpath(os.path.join(root, name))
-            # a symlink out of the trusted dir would smuggle any file into the sandbox
-            if os.path.commonpath([root, real]) != root or not os.path.isfile(real):
-                continue
-            index[name] = real
-            index[f"potentials/{name}"] = real
-        return index
+        return _san.index_potentials(directory)
 
     # ------------------------------------------------------------------ public
     def run(self, script: str, *, keep_workdir: bool | None = None) -> LammpsResult:

@@ -94,6 +94,12 @@ class GRPOTrainer(trl.GRPOTrainer):
             to_trl(f, num_generations=args.num_generations) if isinstance(f, RewardModule) else f
             for f in reward_funcs
         ]
+        if kwargs.get("tools") or kwargs.get("environment_factory"):
+            # TRL parses tool calls with the tokenizer's response template; the offline tiny tokenizer's ChatML has
+            # none TRL knows, so supply it (a no-op for every other tokenizer).
+            from rlpost.models.factory import enable_tool_calling
+
+            enable_tool_calling(kwargs.get("processing_class"))
         super().__init__(
             model=model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
             **kwargs,
