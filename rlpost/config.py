@@ -95,10 +95,21 @@ class RewardSpec:
 
 
 @dataclass
+class EnvironmentSpec:
+    """A multi-turn tool environment for a GRPO stage (TRL's ``environment_factory``), by name from
+    ``rlpost.envs.TOOL_ENVS``; ``options`` go to its factory. The environment's ``get_reward`` is a reward of the
+    stage, added to any ``rewards:`` listed."""
+
+    name: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class StageSpec:
     trainer: str = ""
     args: dict[str, Any] = field(default_factory=dict)
     rewards: list[RewardSpec] = field(default_factory=list)
+    environment: EnvironmentSpec | None = None  # grpo only: rollouts are multi-turn episodes in this environment
     split: str | None = None  # which task split feeds this stage; default by trainer (sft -> "sft", grpo -> "rl")
 
 
@@ -278,8 +289,16 @@ def _validate_recipe(recipe: Recipe) -> None:
         if stage.trainer not in TRAINERS:
             raise ConfigError(_unknown(f"{where}.trainer", stage.trainer, list(TRAINERS)))
         check_trainer_args(stage.trainer, stage.args, f"{where}.args")
-        if stage.trainer in ("grpo", "flow_grpo") and not stage.rewards:
-            raise ConfigError(f"{where}: a {stage.trainer} stage needs `rewards:` (e.g. - name: exact_match).")
+        if stage.environment is not None:
+            from rlpost.envs import TOOL_ENVS
+
+            if stage.trainer != "grpo":
+                raise ConfigError(f"{where}.environment: only grpo stages run multi-turn environments.")
+            if stage.environment.name not in TOOL_ENVS:
+                raise ConfigError(_unknown(f"{where}.environment.name", stage.environment.name, list(TOOL_ENVS)))
+        elif stage.trainer in ("grpo", "flow_grpo") and not stage.rewards:
+            raise ConfigError(f"{where}: a {stage.trainer} stage needs `rewards:` (e.g. - name: exact_match) or, for "
+                              "grpo, an `environment:` whose episodes are rewarded.")
         for j, reward in enumerate(stage.rewards):
             if ":" not in reward.name and reward.name not in known_rewards:
                 raise ConfigError(_unknown(f"{where}.rewards.{j}.name", reward.name, list(known_rewards)))

@@ -207,11 +207,16 @@ def _train_stage(recipe, index, stage, stage_dir, model, tokenizer, task, report
         from rlpost.trainers import GRPOTrainer
 
         modules = [get_reward(r.name, **r.options) for r in stage.rewards]
-        if args.reward_weights is None:
+        environment = {}
+        if stage.environment is not None:
+            from rlpost.envs import TOOL_ENVS
+
+            environment["environment_factory"] = TOOL_ENVS[stage.environment.name](**stage.environment.options)
+        if args.reward_weights is None and stage.rewards:  # TRL appends an environment's reward with weight 1
             args.reward_weights = [r.weight for r in stage.rewards]
         trainer = GRPOTrainer(
             model=model, reward_funcs=modules, args=args, train_dataset=dataset, processing_class=tokenizer,
-            callbacks=callbacks, peft_config=_peft_config(recipe, model),
+            callbacks=callbacks, peft_config=_peft_config(recipe, model), **environment,
         )
     checkpoint = get_last_checkpoint(str(stage_dir)) if recipe.resume and stage_dir.exists() else None
     if checkpoint is not None:

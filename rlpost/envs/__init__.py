@@ -9,12 +9,16 @@ from rlpost.envs.recycling import RecyclingBuffer, recycling_dataset
 # Built-in single-turn tasks usable from a recipe's `data.task`. Each has `split(name)` and `corpus()`.
 TASKS = {"addition": AdditionTask, "conflict": ConflictTask, "lammps_fill": LammpsFillTask}
 
-# Multi-turn environments (reset / step, or TRL's environment_factory shape).
+# Multi-turn environments (reset / step).
 ENVS = {"md_runtime": MDRuntimeEnv}
+
+# Factories of TRL ``environment_factory`` tool environments, for a GRPO stage's `environment:` in a recipe.
+TOOL_ENVS = {"md_runtime": md_tool_env_factory}
 
 __all__ = [
     "ENVS",
     "TASKS",
+    "TOOL_ENVS",
     "AdditionTask",
     "ConflictTask",
     "LammpsFillTask",
