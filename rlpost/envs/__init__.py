@@ -5,9 +5,11 @@ from rlpost.envs.conflict import ConflictTask
 from rlpost.envs.lammps_fill import LammpsFillTask
 from rlpost.envs.md_runtime import MDRuntimeEnv, MDToolEnv, md_tool_env_factory
 from rlpost.envs.recycling import RecyclingBuffer, recycling_dataset
+from rlpost.envs.shapes_edit import ShapesEditTask
 
 # Built-in single-turn tasks usable from a recipe's `data.task`. Each has `split(name)` and `corpus()`.
-TASKS = {"addition": AdditionTask, "conflict": ConflictTask, "lammps_fill": LammpsFillTask}
+TASKS = {"addition": AdditionTask, "conflict": ConflictTask, "lammps_fill": LammpsFillTask,
+         "shapes_edit": ShapesEditTask}
 
 # Multi-turn environments (reset / step).
 ENVS = {"md_runtime": MDRuntimeEnv}
@@ -25,6 +27,7 @@ __all__ = [
     "MDRuntimeEnv",
     "MDToolEnv",
     "RecyclingBuffer",
+    "ShapesEditTask",
     "md_tool_env_factory",
     "recycling_dataset",
 ]

@@ -41,6 +41,9 @@ register_lazy_reward("md_execution", "rlpost.rewards.md_execution:MDExecutionRew
 register_lazy_reward("lammps_fill", "rlpost.rewards.lammps_fill:LammpsFillReward", "Missing-line LAMMPS tasks: insert the completion, run sandboxed, score launch/run/physics.")
 register_lazy_reward("checklist", "rlpost.rewards.checklist:ChecklistReward", "ThinkRL-Edit checklist: a judge writes yes/no questions per prompt, score = fraction answered yes.")
 register_lazy_reward("image_reward", "rlpost.rewards.image:ImageRewardScore", "ImageReward preference score (image-reward package; load by path).")
+register_lazy_reward("shapes_checklist", "rlpost.envs.shapes_edit:ShapesChecklist", "Shapes env checklist: pixel-reading ShapesJudge questions/answers, score = fraction answered yes.")
+register_lazy_reward("shapes_consistency", "rlpost.envs.shapes_edit:ShapesConsistency", "Shapes env: unedited cells preserved, 1 - mean|edited - source| / tolerance outside the edit.")
+register_lazy_reward("shapes_quality", "rlpost.envs.shapes_edit:ShapesQuality", "Shapes env: pixels near a clean palette colour, mean max(0, 1 - distance / tolerance).")
 
 __all__ = [
     "ALWAYS_AVAILABLE_FIELDS",

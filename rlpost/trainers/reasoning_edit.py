@@ -60,7 +60,7 @@ DEFAULT_PLAN_PROMPT = (
     'Answer with JSON only: {{"Rewrited": "..."}}'
 )
 DEFAULT_REFLECT_PROMPT = (
-    "Image A is the source image and image B is the edited result.\nInstruction: {instruction}\n"
+    "Image A is the source image and image B is the edited result.\n\nInstruction:\n{instruction}\n\n"
     "Compare A and B. Answer with JSON only: "
     '{{"detect_difference": "...", "instruction_match": true or false, "edit_suggestion": "..."}}'
 )
