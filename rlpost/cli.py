@@ -36,7 +36,7 @@ def cmd_train(args) -> int:
     if any(stage.trainer == "flow_grpo" for stage in recipe.stages):
         from accelerate import PartialState
 
-        from rlpost.trainers.flow_grpo import run_flow_recipe
+        from rlpost.flow_pipeline import run_flow_recipe
 
         run_dir = run_flow_recipe(args.recipe, args.overrides)["run_dir"]
         if PartialState().is_main_process:

@@ -29,7 +29,8 @@ from rlpost.models.flow import (
 )
 from rlpost.rewards import RewardModule, RewardOutput
 from rlpost.rewards.image import PromptColor
-from rlpost.trainers.flow_grpo import FlowGRPOConfig, FlowGRPOTrainer, load_flow_recipe, run_flow_recipe
+from rlpost.flow_pipeline import load_flow_recipe, run_flow_recipe
+from rlpost.trainers.flow_grpo import FlowGRPOConfig, FlowGRPOTrainer
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "e_grpo"
 PROMPTS = ["a red square", "a blue square", "a green square"]

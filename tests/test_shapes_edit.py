@@ -197,7 +197,7 @@ RECIPES = __import__("pathlib").Path(__file__).resolve().parent.parent / "recipe
 
 def test_paper_recipe_validates_without_loading_weights():
     from rlpost.config import load_recipe
-    from rlpost.trainers.flow_grpo import _recipe_rewards, load_flow_recipe
+    from rlpost.flow_pipeline import _recipe_rewards, load_flow_recipe
 
     path = RECIPES / "qwen_image_edit.yaml"
     load_recipe(path)  # the CLI's validation: keys, types, reward names

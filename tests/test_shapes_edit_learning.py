@@ -1,7 +1,7 @@
 """Learning check (slow tier): checklist + consistency + quality flow GRPO with UCPG raises the held-out checklist score
 of a briefly pre-trained tiny editor on the shapes env.
 
-Runs ``recipes/thinkrl_edit/tiny.yaml`` through :func:`rlpost.trainers.flow_grpo.run_flow_recipe` with the longer
+Runs ``recipes/thinkrl_edit/tiny.yaml`` through :func:`rlpost.flow_pipeline.run_flow_recipe` with the longer
 settings of ``benchmarks/bench_ucpg.py``; the held-out score is the mean checklist reward of the deterministic ODE
 sampler (``trainer.sample``) on tasks whose (operation, colour, cell) combination never occurs in training.
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 
-from rlpost.trainers.flow_grpo import run_flow_recipe
+from rlpost.flow_pipeline import run_flow_recipe
 
 RECIPE = "recipes/thinkrl_edit/tiny.yaml"
 SETTINGS = ["data.task_options.num_heldout=128", "flow_grpo.max_steps=40"]  # else the recipe's: 500 warm-start steps

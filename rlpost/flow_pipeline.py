@@ -1,0 +1,284 @@
+"""Flow recipes: YAML → the pieces a :class:`~rlpost.trainers.flow_grpo.FlowGRPOTrainer` needs → a training run.
+
+A flow recipe has rlpost's recipe layout (:mod:`rlpost.config`) with one ``trainer: flow_grpo`` stage whose ``args``
+are :class:`~rlpost.trainers.flow_grpo.FlowGRPOConfig` fields. :func:`run_flow_recipe` builds the transformer
+(``tiny:flux`` / ``tiny:sd3`` / ``tiny:qwen_image_edit`` random-init, or a checkpoint), its prompt encoder, latent
+decoder and (editing) image encoder, the reward modules, the prompts or task records, an optional supervised warm
+start from the task, trains, and evaluates the rewards on the task's held-out split before and after.
+``rlpost train`` routes recipes with a ``flow_grpo`` stage here; :mod:`rlpost.pipeline` runs the LM stages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from rlpost.models.flow import get_flow_adapter
+from rlpost.rewards import RewardModule, get_reward
+from rlpost.trainers.flow_grpo import FlowGRPOConfig, FlowGRPOTrainer
+
+__all__ = ["load_flow_recipe", "run_flow_recipe"]
+
+
+def load_flow_recipe(path: str | Path, overrides: Sequence[str] | None = None):
+    """Read a flow recipe (rlpost's recipe layout with one ``flow_grpo`` stage) into ``(Recipe, FlowGRPOConfig)``.
+
+    Until ``rlpost.config`` knows the ``flow_grpo`` trainer, this validates the stage ``args`` against
+    :class:`FlowGRPOConfig` itself (unknown keys fail with the closest valid name).
+    """
+    import yaml
+
+    from rlpost.config import ConfigError, Recipe, _build, _coerce, _unknown, apply_overrides
+
+    raw = yaml.safe_load(Path(path).read_text()) or {}
+    raw = apply_overrides(raw, list(overrides or []))
+    recipe = _build(Recipe, raw, "")
+    stages = [s for s in recipe.stages if s.trainer == "flow_grpo"]
+    if len(stages) != 1 or len(recipe.stages) != 1:
+        raise ConfigError(f"{path}: a flow recipe has exactly one stage with `trainer: flow_grpo`.")
+    stage = stages[0]
+    if not stage.rewards:
+        raise ConfigError(f"{path}: the flow_grpo stage needs `rewards:` (e.g. - name: prompt_color).")
+    fields = {f.name: f for f in dataclasses.fields(FlowGRPOConfig)}
+    import typing
+
+    hints = typing.get_type_hints(FlowGRPOConfig)
+    kwargs = {}
+    for key, value in stage.args.items():
+        if key not in fields:
+            raise ConfigError(_unknown(f"stages.0.args.{key}", key, list(fields)))
+        kwargs[key] = _coerce(hints[key], value, f"stages.0.args.{key}")
+    kwargs.setdefault("output_dir", recipe.output_dir)
+    kwargs.setdefault("seed", recipe.seed)
+    kwargs.setdefault("report_to", "none" if recipe.tracking.wandb == "disabled" else "wandb")
+    if recipe.tracking.wandb == "online":
+        os.environ.setdefault("WANDB_MODE", "online")  # an explicit WANDB_MODE still wins (rlpost.logging)
+    try:
+        return recipe, FlowGRPOConfig(**kwargs)
+    except ValueError as error:
+        raise ConfigError(f"{path}: {error}") from error
+
+
+def _recipe_rewards(recipe) -> list[RewardModule]:
+    """The stage's reward modules; an ``options.name`` renames that instance (two ``checklist`` rewards with
+    different question prompts need distinct names for their metrics and UCPG columns)."""
+    modules = []
+    for spec in recipe.stages[0].rewards:
+        options = dict(spec.options)
+        rename = options.pop("name", None)
+        module = get_reward(spec.name, **options)
+        if rename:
+            module.name = str(rename)
+        modules.append(module)
+    names = [m.name for m in modules]
+    if len(set(names)) != len(names):
+        raise ValueError(f"flow recipe rewards need distinct names, got {names}; give repeated rewards "
+                         "`options: {name: ...}`.")
+    return modules
+
+
+def _recipe_task(recipe):
+    """The recipe's built-in task (``data.task`` with ``data.task_options``), or None."""
+    if recipe.data.task is None:
+        return None
+    from rlpost.envs import TASKS
+
+    return TASKS[recipe.data.task](**recipe.data.task_options)
+
+
+def _recipe_prompts(recipe, args: FlowGRPOConfig, task: Any = None) -> list[str | dict[str, Any]]:
+    """Inline prompts, ``data.train_files`` lines, and the records of ``data.task``'s training split (editing tasks
+    give ``{"prompt", "source_image", "task", ...}`` records whose fields reach the rewards)."""
+    prompts: list[str | dict[str, Any]] = list(args.prompts)
+    for file in recipe.data.train_files:
+        for line in Path(file).read_text().splitlines():
+            line = line.strip()
+            if not line:
+                continue
+            record = json.loads(line) if line.startswith("{") else {"prompt": line}
+            if isinstance(record.get("source_image"), str):  # editing data: keep the record, load its image
+                record["source_image"] = _load_image(record["source_image"], Path(file).parent, args.resolution)
+                prompts.append(record)
+            else:
+                prompts.append(record["prompt"])
+    if task is not None:
+        prompts.extend(task.split(recipe.stages[0].split or "train"))
+    if not prompts:
+        raise ValueError("the flow recipe has no prompts: set stages.0.args.prompts, data.train_files "
+                         "(a .txt with one prompt per line, or .jsonl with a `prompt` field) or data.task.")
+    return prompts
+
+
+def _load_image(path: str, base: Path, resolution: int) -> Tensor:
+    """A source image file (relative to its .jsonl) as [3, resolution, resolution] in [0, 1] (bicubic resize; the
+    trainer samples one latent size per run, so a non-square source is stretched) [inferred preprocessing]."""
+    from PIL import Image
+
+    from rlpost.rewards.image import to_image_tensor
+
+    file = Path(path) if Path(path).is_absolute() else base / path
+    if not file.is_file():
+        raise FileNotFoundError(f"source_image {str(file)!r} (from a data.train_files record) does not exist.")
+    return to_image_tensor(Image.open(file).convert("RGB").resize((resolution, resolution), Image.BICUBIC))
+
+
+def _edit_components(recipe, args: FlowGRPOConfig, model: Any, tiny: bool):
+    """(prompt encoder, decoder, image encoder) for the ``qwen_image_edit`` adapter.
+
+    Tiny: word-level prompt embeddings and pixel-space latents (``prompt_encoder: words``, ``decoder: pixel``). A
+    checkpoint: Qwen-Image-Edit's own Qwen2.5-VL on instruction + source image, and its ``AutoencoderKLQwenImage``.
+    """
+    from rlpost.models.flow_edit import PixelCodec, QwenEditPromptEncoder, QwenImageVAECodec, WordPromptEncoder
+
+    spec = recipe.model
+    encoder_kind = args.prompt_encoder if args.prompt_encoder != "auto" else ("words" if tiny else "pipeline")
+    if encoder_kind == "words":
+        encoder = WordPromptEncoder(model.config.joint_attention_dim, seed=spec.seed)
+    elif encoder_kind == "pipeline":
+        from diffusers import QwenImageEditPipeline
+
+        encoder = QwenEditPromptEncoder(QwenImageEditPipeline.from_pretrained(
+            spec.name_or_path, transformer=None, vae=None, torch_dtype=_dtype(spec.torch_dtype)))
+    else:
+        raise ValueError(f"qwen_image_edit: prompt_encoder must be 'auto', 'words' or 'pipeline', got "
+                         f"{encoder_kind!r}.")
+    decoder_kind = args.decoder if args.decoder != "auto" else ("pixel" if tiny else "vae")
+    if decoder_kind == "pixel":
+        codec: Any = PixelCodec
+    elif decoder_kind == "vae":
+        from diffusers import AutoencoderKLQwenImage
+
+        codec = QwenImageVAECodec(AutoencoderKLQwenImage.from_pretrained(spec.name_or_path, subfolder="vae",
+                                                                         torch_dtype=_dtype(spec.torch_dtype)))
+    else:
+        raise ValueError(f"qwen_image_edit: decoder must be 'auto', 'pixel' or 'vae', got {decoder_kind!r}.")
+    return encoder, codec.decode, codec.encode
+
+
+def _dtype(name: str | None) -> Any:
+    return getattr(torch, name) if isinstance(name, str) else name
+
+
+def _pretrain_from_task(task: Any, model: Any, records: Sequence[Any], encoder: Any, image_encoder: Any, seed: int,
+                        adapter: str) -> list[float]:
+    """The task's supervised flow-matching warm start (``data.task_options.pretrain_steps`` > 0), before RL."""
+    from rlpost.models.flow_edit import pretrain_editor
+
+    steps = getattr(task, "pretrain_steps", 0) if task is not None else 0
+    if steps <= 0:
+        return []
+
+    class _Codec:  # pretrain_editor encodes sources and targets with the trainer's image encoder
+        encode = staticmethod(image_encoder)
+
+    return pretrain_editor(model, [r for r in records if isinstance(r, Mapping)], encoder, _Codec, steps=steps,
+                           batch_size=task.pretrain_batch_size, learning_rate=task.pretrain_learning_rate, seed=seed,
+                           adapter=adapter)
+
+
+def _heldout_eval(trainer: "FlowGRPOTrainer", task: Any, rewards: Sequence[RewardModule]) -> dict[str, float]:
+    """Mean of every reward on the task's held-out split, images from the deterministic ODE sampler."""
+    if task is None or not hasattr(task, "split"):
+        return {}
+    try:
+        records = task.split("heldout")
+    except ValueError:
+        return {}
+    images = trainer.sample(records, seed=0)
+    batch = {"image": list(images), "prompt": [r["prompt"] for r in records]}
+    for key in {k for r in records for k in r} - {"prompt"}:
+        batch[key] = [r.get(key) for r in records]
+    out = {}
+    for module in rewards:
+        scores = [s for s in module(batch, list(range(len(records)))).scores if s is not None]
+        out[f"heldout/{module.name}"] = sum(scores) / max(1, len(scores))
+    return out
+
+
+def run_flow_recipe(path: str | Path, overrides: Sequence[str] | None = None) -> dict[str, Any]:
+    """Build everything a flow recipe names and train it. Returns ``{"run_dir", "history", "heldout"}``.
+
+    ``model.name_or_path: tiny:flux`` (or ``tiny:sd3``) builds a tiny random transformer from ``model.hidden_size``,
+    ``num_layers``, ``num_heads`` and ``seed``, with random prompt embeddings and the latent-RGB decoder; a local
+    folder or hub id loads ``<path>/transformer`` and, for ``prompt_encoder``/``decoder`` "auto", the checkpoint's
+    text encoders and VAE. ``tiny:qwen_image_edit`` (or ``adapter: qwen_image_edit`` with a checkpoint) builds an
+    editor (:mod:`rlpost.models.flow_edit`): records from ``data.task`` (e.g. ``shapes_edit``) carry source images,
+    the task's ``pretrain_steps`` run a supervised warm start first, and held-out reward means are measured before
+    and after RL (``heldout`` in the result, ``{"stage": "eval"}`` rows in ``metrics.jsonl``).
+    """
+    from rlpost.models import flow_edit as _flow_edit  # noqa: F401  (registers the qwen_image_edit adapter)
+    from rlpost.models.flow import (
+        LatentRGBDecoder,
+        PipelinePromptEncoder,
+        PrecomputedPromptEncoder,
+        RandomPromptEncoder,
+        VAEDecoder,
+        load_flow_transformer,
+    )
+
+    recipe, args = load_flow_recipe(path, overrides)
+    spec = recipe.model
+    tiny = spec.name_or_path.startswith("tiny:")
+    kind = spec.name_or_path.split(":", 1)[1] if tiny else args.adapter
+    args.adapter = kind
+    if tiny:
+        model = load_flow_transformer(spec.name_or_path, seed=spec.seed, hidden_size=spec.hidden_size,
+                                      num_layers=spec.num_layers, num_heads=spec.num_heads)
+    else:
+        model = load_flow_transformer(spec.name_or_path, kind=kind, torch_dtype=spec.torch_dtype)
+    task = _recipe_task(recipe)
+    prompts = _recipe_prompts(recipe, args, task)
+    image_encoder = None
+    if kind == "qwen_image_edit":
+        encoder, decoder, image_encoder = _edit_components(recipe, args, model, tiny)
+    else:
+        encoder_kind = args.prompt_encoder if args.prompt_encoder != "auto" else ("random" if tiny else "pipeline")
+        if encoder_kind == "random":
+            cfg = model.config
+            encoder = RandomPromptEncoder(8, cfg.joint_attention_dim, cfg.pooled_projection_dim, seed=spec.seed)
+        elif encoder_kind == "pipeline":
+            from diffusers import DiffusionPipeline
+
+            pipe = DiffusionPipeline.from_pretrained(spec.name_or_path, transformer=None, vae=None)
+            encoder = PipelinePromptEncoder(pipe)
+        else:
+            encoder = PrecomputedPromptEncoder(encoder_kind)
+        decoder_kind = args.decoder if args.decoder != "auto" else ("latent_rgb" if tiny else "vae")
+        if decoder_kind == "latent_rgb":
+            decoder = LatentRGBDecoder(get_flow_adapter(kind).latent_channels(model), seed=spec.seed)
+        else:
+            from diffusers import AutoencoderKL
+
+            decoder = VAEDecoder(AutoencoderKL.from_pretrained(spec.name_or_path, subfolder="vae"))
+    size = getattr(task, "image_size", None)
+    if size is not None and args.decoder in ("auto", "pixel") and tiny and args.resolution != size * \
+            args.vae_scale_factor:
+        raise ValueError(f"data.task images are {size}x{size} px but resolution / vae_scale_factor = "
+                         f"{args.resolution} / {args.vae_scale_factor}: set resolution: {size} and "
+                         "vae_scale_factor: 1 for pixel-space latents.")
+    pretrain_losses = _pretrain_from_task(task, model, prompts, encoder, image_encoder, args.seed, kind)
+    rewards = _recipe_rewards(recipe)
+    weights = [r.weight for r in recipe.stages[0].rewards]
+    trainer = FlowGRPOTrainer(model, rewards, args, prompt_encoder=encoder, decoder=decoder, prompts=prompts,
+                              reward_weights=weights, image_encoder=image_encoder)
+    heldout = {"before": _heldout_eval(trainer, task, rewards)}
+    history = trainer.train()
+    heldout["after"] = _heldout_eval(trainer, task, rewards)
+    if heldout["before"] and trainer.accelerator.is_main_process:
+        with (trainer.run_dir / "metrics.jsonl").open("a") as f:
+            for when, values in heldout.items():
+                f.write(json.dumps({"stage": "eval", "when": when, **values}) + "\n")
+            if pretrain_losses:
+                f.write(json.dumps({"stage": "pretrain", "steps": len(pretrain_losses),
+                                    "loss_first": pretrain_losses[0], "loss_last": pretrain_losses[-1]}) + "\n")
+        print("held-out " + " | ".join(f"{k.split('/', 1)[1]}: {heldout['before'][k]:.3f} -> {v:.3f}"
+                                       for k, v in heldout["after"].items()))
+    return {"run_dir": str(trainer.run_dir), "history": history, "heldout": heldout,
+            "pretrain_losses": pretrain_losses}
