@@ -10,9 +10,10 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(autouse=True)
 def _one_torch_thread():
-    """Tiny models are far faster on one intra-op thread on a 2-core machine (no oversubscription)."""
+    """Tiny models are far faster on one intra-op thread on a 2-core machine (no oversubscription). Per test, since a
+    recipe's ``torch_threads`` may change it."""
     import torch
 
     previous = torch.get_num_threads()

@@ -36,15 +36,6 @@ RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "e_grpo"
 PROMPTS = ["a red square", "a blue square", "a green square"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models on a shared 2-core machine: oversubscribed intra-op threads are ~100x slower, not faster.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def assert_close(actual, expected, tol=1e-6):
     actual, expected = torch.as_tensor(actual, dtype=torch.float64), torch.as_tensor(expected, dtype=torch.float64)
     torch.testing.assert_close(actual, expected, rtol=tol, atol=tol)

@@ -24,14 +24,6 @@ TASKS = [{"prompt": "make the square red", "context": "a blue square"},
          {"prompt": "remove the circle", "context": "a green circle"}]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class ScriptedJudge:
     """Answers the reflection prompt: candidate k (call order) matches unless k is in ``mismatch``."""
 

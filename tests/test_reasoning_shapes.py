@@ -5,7 +5,6 @@ then checklist + consistency + quality feed UCPG and one update trains both poli
 from __future__ import annotations
 
 import pytest
-import torch
 
 from rlpost.envs.shapes_edit import (
     ShapesChecklist,
@@ -23,14 +22,6 @@ from rlpost.trainers.flow_grpo import FlowGRPOConfig, FlowGRPOTrainer
 from rlpost.trainers.reasoning_edit import JudgeReflector, ReasoningEditConfig, ReasoningEditTrainer
 
 SCENE = {(0, 0): ("square", "red"), (1, 1): ("circle", "blue")}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("image_format", ["object", "openai"])
