@@ -84,3 +84,23 @@ def test_two_process_deepspeed_zero2_e_grpo_ranks_differ(tmp_path):
     # Only the main process logs: one row per iteration, not one per process.
     rows = (run_dir / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["step"] for r in rows] == list(range(1, ITERATIONS + 1))
+
+
+@pytest.mark.slow
+def test_unbatched_per_iteration_updates_are_refused_under_deepspeed(tmp_path):
+    """accelerate's DeepSpeed backward() also steps the engine, so one backward per timestep would silently become
+    one optimizer step per timestep: the trainer refuses that combination with the fix in the message."""
+    pytest.importorskip("deepspeed")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline",
+           "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(tmp_path / "ext"))}
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", str(ROOT / "recipes" / "accelerate" / "zero2.yaml"),
+        "--num_processes", "1", "--mixed_precision", "no", "--main_process_port", str(_free_port()),
+        "-m", "rlpost.cli", "train", str(ROOT / "recipes" / "e_grpo" / "tiny.yaml"), f"output_dir={tmp_path / 'run'}",
+        "stages.0.args.mode=flow_grpo", "stages.0.args.batched_forward=false", "stages.0.args.max_steps=1",
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180, cwd=ROOT)
+    assert proc.returncode != 0
+    assert "batched_forward=False with optimizer_step_per_timestep=False is not supported under DeepSpeed" in (
+        proc.stdout + proc.stderr)
