@@ -60,12 +60,15 @@ class _Handler(BaseHTTPRequestHandler):
             state.in_flight += 1
             state.max_in_flight = max(state.max_in_flight, state.in_flight)
         try:
-            self._answer(state)
+            reply = self._answer(state)
         finally:
+            # Out of flight before the reply is written: once the client has it, it may send its next request, and
+            # counting this handler until its thread resumes would over-count concurrency under load.
             with state.lock:
                 state.in_flight -= 1
+        self._send(*reply)
 
-    def _answer(self, state: "_State") -> None:
+    def _answer(self, state: "_State") -> tuple[int, bytes, dict[str, str] | None]:
         payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         content = str(payload["messages"][-1]["content"])
         with state.lock:
@@ -76,17 +79,14 @@ class _Handler(BaseHTTPRequestHandler):
             state.payloads.append(payload)
         if match := re.search(r"FAIL=(\d+)", content):
             if seen <= int(match.group(1)):
-                self._send(500, b'{"error": "internal error"}')
-                return
+                return 500, b'{"error": "internal error"}', None
         elif match := re.search(r"RATE=(\d+)@([\d.]+)", content):
             if seen <= int(match.group(1)):
-                self._send(429, b'{"error": "rate limited"}', {"Retry-After": match.group(2)})
-                return
+                return 429, b'{"error": "rate limited"}', {"Retry-After": match.group(2)}
         elif match := re.search(r"SLEEP=([\d.]+)", content):
             time.sleep(float(match.group(1)))
         if "BADBODY" in content:
-            self._send(200, b"<html>gateway error</html>")
-            return
+            return 200, b"<html>gateway error</html>", None
         if "NONSENSE" in content:
             text = "banana banana"
         elif "JSON" in content:
@@ -101,7 +101,7 @@ class _Handler(BaseHTTPRequestHandler):
             "model": payload.get("model"),
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
         }
-        self._send(200, json.dumps(response).encode())
+        return 200, json.dumps(response).encode(), None
 
 
 class _State:
