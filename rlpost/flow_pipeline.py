@@ -22,7 +22,7 @@ from torch import Tensor
 
 from rlpost.models.flow import get_flow_adapter
 from rlpost.rewards import RewardModule, get_reward
-from rlpost.trainers.flow_grpo import FlowGRPOConfig, FlowGRPOTrainer
+from rlpost.trainers.flow_grpo import FlowGRPOConfig, FlowGRPOTrainer, reward_batch
 
 __all__ = ["load_flow_recipe", "run_flow_recipe"]
 
@@ -192,9 +192,7 @@ def _heldout_eval(trainer: "FlowGRPOTrainer", task: Any, rewards: Sequence[Rewar
     except ValueError:
         return {}
     images = trainer.sample(records, seed=0)
-    batch = {"image": list(images), "prompt": [r["prompt"] for r in records]}
-    for key in {k for r in records for k in r} - {"prompt"}:
-        batch[key] = [r.get(key) for r in records]
+    batch = reward_batch(images, records)
     out = {}
     for module in rewards:
         scores = [s for s in module(batch, list(range(len(records)))).scores if s is not None]

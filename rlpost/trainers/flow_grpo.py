@@ -65,7 +65,7 @@ from rlpost.models.flow import FlowAdapter, PromptEmbeds, get_flow_adapter
 from rlpost.rewards import RewardModule, get_reward
 from rlpost.rewards import image as _image_rewards  # noqa: F401  (registers the image rewards by name)
 
-__all__ = ["FLOW_MODES", "FlowGRPOConfig", "FlowGRPOTrainer", "FlowRollout"]
+__all__ = ["FLOW_MODES", "FlowGRPOConfig", "FlowGRPOTrainer", "FlowRollout", "reward_batch"]
 
 FLOW_MODES = ("e_grpo", "flow_grpo", "dance_grpo")
 _LOG_SQRT_2PI_E = 0.5 * math.log(2 * math.pi * math.e)
@@ -219,6 +219,15 @@ def _as_record(prompt: str | Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(prompt, Mapping) and isinstance(prompt.get("prompt"), str):
         return dict(prompt)
     raise TypeError(f"a flow prompt is a string or a mapping with a 'prompt' string, got {prompt!r:.80}.")
+
+
+def reward_batch(images: Sequence[Any], records: Sequence[Mapping[str, Any]]) -> dict[str, list]:
+    """The reward modules' batch for one image per record: ``image``, ``prompt`` and every other record field as a
+    column (``source_image``, a task spec, ...), None where a record lacks it."""
+    batch: dict[str, list] = {"image": list(images), "prompt": [r["prompt"] for r in records]}
+    for key in {k for r in records for k in r} - {"prompt"}:
+        batch[key] = [r.get(key) for r in records]
+    return batch
 
 
 def _make_accelerator(use_cpu: bool, mixed_precision: str):
@@ -531,9 +540,9 @@ class FlowGRPOTrainer:
     def score(self, rollout: FlowRollout) -> tuple[Tensor, dict[str, float]]:
         """Decode and score every image (stage 2): the weighted sum of the reward modules, NaN where none applies."""
         rollout.images = self.decoder(rollout.latents).float().cpu()
-        batch = {"image": list(rollout.images), "prompt": [rollout.prompts[int(p)] for p in rollout.image_prompt]}
-        for key in {k for r in rollout.records for k in r} - {"prompt"}:  # record fields become batch columns
-            batch[key] = [rollout.records[int(p)].get(key) for p in rollout.image_prompt]
+        records = [{**rollout.records[int(p)], "prompt": rollout.prompts[int(p)]} if rollout.records
+                   else {"prompt": rollout.prompts[int(p)]} for p in rollout.image_prompt]
+        batch = reward_batch(rollout.images, records)
         total, rollout.rewards_per_func, metrics = self.score_batch(batch, self._group_ids(rollout).tolist())
         return total, metrics
 

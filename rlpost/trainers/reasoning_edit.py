@@ -36,11 +36,12 @@ from typing import Any
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
+from trl.trainer.utils import selective_log_softmax
 
 from rlpost.algorithms.losses import ppo_clip_loss
 from rlpost.rewards.checklist import judge_message
 from rlpost.rewards.judges.parsing import extract_json, extract_yes_no
-from rlpost.trainers.flow_grpo import FlowGRPOTrainer, FlowRollout
+from rlpost.trainers.flow_grpo import FlowGRPOTrainer, FlowRollout, reward_batch
 
 __all__ = [
     "DEFAULT_PLAN_PROMPT",
@@ -237,8 +238,8 @@ class ReasoningEditTrainer:
         attention mask (left padding), as ``generate`` builds them, so these are the sampling policy's log-probs."""
         positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         logits = self.planner(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).logits
-        logits = logits[:, prompt_length - 1 : -1].float() / self.args.plan_temperature
-        return logits.log_softmax(-1).gather(-1, input_ids[:, prompt_length:, None]).squeeze(-1)
+        return selective_log_softmax(logits[:, prompt_length - 1 : -1].float(), input_ids[:, prompt_length:],
+                                     temperature=self.args.plan_temperature)
 
     @torch.no_grad()
     def plan(self, records: Sequence[Mapping[str, Any]], greedy: bool = False) -> PlanBatch:
@@ -278,17 +279,27 @@ class ReasoningEditTrainer:
         return value.strip() if isinstance(value, str) else ""
 
     # ------------------------------------------------------------------------------------------- 2-3. generate, reflect
+    @staticmethod
+    def _conditioning(records: Sequence[Mapping[str, Any]], texts: Sequence[str]) -> list[dict[str, Any]]:
+        """What the editor is conditioned on: the plan text (not the instruction) and the source image."""
+        return [{"prompt": text, **({"source_image": r["source_image"]} if "source_image" in r else {})}
+                for r, text in zip(records, texts, strict=True)]
+
     def _generate(self, records: Sequence[Mapping[str, Any]], plans: Sequence[str]) -> FlowRollout:
-        conditioned = [{**{k: v for k, v in r.items() if k in ("source_image",)}, "prompt": plan}
-                       for r, plan in zip(records, plans, strict=True)]
-        rollout = self.generator.rollout(conditioned, num_generations=1)
+        rollout = self.generator.rollout(self._conditioning(records, plans), num_generations=1)
         rollout.images = self.generator.decoder(rollout.latents).float().cpu()
         return rollout
 
-    def _reflect(self, records, images) -> list[Reflection | None]:
+    def _reflect_and_revise(self, records, plans: Sequence[str], images) -> tuple[list, list[int], list[str]]:
+        """Reflection on every edit: ``(reflections, indices to regenerate, their revised plans)``. A candidate is
+        regenerated when the reflector read the edit as a mismatch and gave a suggestion."""
         if self.reflector is None:
-            return [None] * len(records)
-        return self.reflector([r["prompt"] for r in records], [r.get("source_image") for r in records], list(images))
+            return [None] * len(records), [], []
+        reflections = self.reflector([r["prompt"] for r in records], [r.get("source_image") for r in records],
+                                     list(images))
+        redo = [i for i, r in enumerate(reflections) if r is not None and not r.match and r.suggestion]
+        revised = [plans[i] + self.args.feedback_template.format(suggestion=reflections[i].suggestion) for i in redo]
+        return reflections, redo, revised
 
     # ------------------------------------------------------------------------------------------- the step
     def rollout(self, records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -298,19 +309,14 @@ class ReasoningEditTrainer:
         group_ids = [i // g for i in range(len(candidates))]
         plans = self.plan(candidates)
         first = self._generate(candidates, plans.texts)
-        reflections = self._reflect(candidates, first.images)
-        redo = [i for i, r in enumerate(reflections) if r is not None and not r.match and r.suggestion]
+        reflections, redo, revised = self._reflect_and_revise(candidates, plans.texts, first.images)
         second = None
         final = first.images.clone()
         if redo:
-            revised = [plans.texts[i] + self.args.feedback_template.format(suggestion=reflections[i].suggestion)
-                       for i in redo]
             second = self._generate([candidates[i] for i in redo], revised)
             final[redo] = second.images
-        batch = {"image": list(final), "prompt": [c["prompt"] for c in candidates]}  # the task's instruction
-        for key in {k for c in candidates for k in c} - {"prompt"}:
-            batch[key] = [c.get(key) for c in candidates]
-        rewards, per_func, metrics = self.generator.score_batch(batch, group_ids)
+        # scored against the task's instruction (the candidates' `prompt`), not the plan
+        rewards, per_func, metrics = self.generator.score_batch(reward_batch(final, candidates), group_ids)
         return dict(candidates=candidates, group_ids=group_ids, plans=plans, first=first, second=second, redo=redo,
                     reflections=reflections, images=final, rewards=rewards, rewards_per_func=per_func,
                     reward_metrics=metrics)
@@ -343,7 +349,8 @@ class ReasoningEditTrainer:
         if args.train_generator:
             parts = []  # (rollout, per-image advantages)
             first, second, redo = rollout["first"], rollout["second"], rollout["redo"]
-            keep = [i for i in range(advantages.shape[0]) if args.train_first_attempt or i not in set(redo)]
+            rejected = set(redo)
+            keep = [i for i in range(advantages.shape[0]) if args.train_first_attempt or i not in rejected]
             if keep:
                 first_adv = torch.zeros_like(advantages)
                 first_adv[keep] = advantages[keep]
@@ -352,13 +359,14 @@ class ReasoningEditTrainer:
                 parts.append((second, advantages[redo], len(redo)))
             total = sum(n for _, _, n in parts)
             gen_loss = torch.zeros((), device=self.device)
-            for part, adv, n in parts:
+            ratio_sum = clip_sum = 0.0
+            for part, adv, n in parts:  # each trajectory set weighted by its number of candidates
                 part_loss, part_stats = self.generator.compute_loss(part, adv, list(range(len(part.slot_index))))
                 gen_loss = gen_loss + part_loss * n / total
-                for key in ("clip_ratio/region_mean",):
-                    stats[f"gen/{key}"] = stats.get(f"gen/{key}", 0.0) + part_stats[key] * n / total
                 ratios = [v for k, v in part_stats.items() if k.endswith("/ratio_mean")]
-                stats["gen/ratio_mean"] = sum(ratios) / len(ratios)
+                ratio_sum += sum(ratios) / len(ratios) * n
+                clip_sum += part_stats["clip_ratio/region_mean"] * n
+            stats["gen/ratio_mean"], stats["gen/clip_ratio"] = ratio_sum / total, clip_sum / total
             stats["loss/gen"] = gen_loss.item()
             loss = loss + gen_loss
         return loss, stats
@@ -423,19 +431,11 @@ class ReasoningEditTrainer:
         module) over ``tasks``, each its own group."""
         records = [dict(t) for t in tasks]
         plans = self.plan(records, greedy=True).texts
-        images = self.generator.sample([{**{k: v for k, v in r.items() if k == "source_image"}, "prompt": p}
-                                        for r, p in zip(records, plans)], seed=seed)
-        reflections = self._reflect(records, images)
-        redo = [i for i, r in enumerate(reflections) if r is not None and not r.match and r.suggestion]
+        images = self.generator.sample(self._conditioning(records, plans), seed=seed)
+        _, redo, revised = self._reflect_and_revise(records, plans, images)
         if redo:
-            revised = [{**{k: v for k, v in records[i].items() if k == "source_image"},
-                        "prompt": plans[i] + self.args.feedback_template.format(suggestion=reflections[i].suggestion)}
-                       for i in redo]
-            images[redo] = self.generator.sample(revised, seed=seed)
-        batch = {"image": list(images), "prompt": [r["prompt"] for r in records]}
-        for key in {k for r in records for k in r} - {"prompt"}:
-            batch[key] = [r.get(key) for r in records]
-        rewards, per_func, _ = self.generator.score_batch(batch, list(range(len(records))))
+            images[redo] = self.generator.sample(self._conditioning([records[i] for i in redo], revised), seed=seed)
+        rewards, per_func, _ = self.generator.score_batch(reward_batch(images, records), list(range(len(records))))
         names = [m.name for m in self.generator.reward_funcs]
         return {"reward": float(torch.nanmean(rewards)), "plans": plans, "regenerated": len(redo),
                 **{f"rewards/{n}": float(torch.nanmean(per_func[:, k])) for k, n in enumerate(names)}}
