@@ -14,6 +14,7 @@ from rlpost.algorithms.sde import (
     ENTROPY_DEFINITIONS,
     SIGMA_VARIANTS,
     explicit_schedule,
+    gaussian_entropy,
     gaussian_log_prob,
     merge_schedule,
     ode_step,
@@ -320,6 +321,21 @@ def test_step_entropy_definitions(sigmas64):
         step_entropy(sigmas64[1], sigmas64[2], 0.7, definition="differential")
     with pytest.raises(ValueError, match="Unknown entropy definition"):
         step_entropy(sigmas64[1], sigmas64[2], 0.7, definition="renyi")
+
+
+def test_gaussian_entropy_matches_torch_normal():
+    std = torch.tensor([0.05, 0.3, 1.0, 2.5], dtype=torch.float64)
+    expected = torch.distributions.Normal(torch.zeros_like(std), std).entropy()  # ½·log(2πe·std²) per dimension
+    assert_close(gaussian_entropy(std), expected, rtol=1e-12, atol=1e-12)
+    assert_close(gaussian_entropy(std, dim=7), 7 * expected, rtol=1e-12, atol=1e-12)
+    # the merged step's Gaussian: per-dim h of std σ_t·sqrt(Δt) is ½·log of step_entropy's e^{2h/d}
+    t, t_next, a = 0.9, 0.8, 0.7
+    sigma = a * math.sqrt(t / (1 - t))
+    assert_close(gaussian_entropy(sigma * math.sqrt(t - t_next)), 0.5 * math.log(step_entropy(t, t_next, a)))
+    with pytest.raises(ValueError, match="std > 0"):
+        gaussian_entropy(0.0)
+    with pytest.raises(ValueError, match="int >= 1"):
+        gaussian_entropy(1.0, dim=0)
 
 
 def test_step_entropy_first_step_defaults_to_t_next(sigmas64):

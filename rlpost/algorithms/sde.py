@@ -11,6 +11,7 @@ Everything here is a pure function of its inputs (torch only, no I/O, no state):
 - ``sde_step``            one Euler–Maruyama step of the reverse SDE with its log-prob.
 - ``ode_step``            one Euler step of the probability-flow ODE.
 - ``gaussian_log_prob``   diagonal Gaussian log-density, averaged or summed per sample.
+- ``gaussian_entropy``    differential entropy of an isotropic Gaussian step, total or per dimension.
 - ``step_entropy``        E-GRPO's per-step Gaussian entropy (three readings).
 - ``merge_schedule``      E-GRPO's adaptive step merging (smallest l with E ≥ τ).
 - ``explicit_schedule``   validated hand-written (active_steps, merge_lens) lists.
@@ -39,6 +40,7 @@ __all__ = [
     "sde_step",
     "ode_step",
     "gaussian_log_prob",
+    "gaussian_entropy",
     "step_entropy",
     "merge_schedule",
     "explicit_schedule",
@@ -360,6 +362,21 @@ def sde_step(
 
 
 # ----------------------------------------------------------------------------- entropy
+
+
+def gaussian_entropy(std: TimeLike, dim: int = 1) -> torch.Tensor:
+    """Differential entropy of N(μ, std²·I_d): h = d·(log std + ½·log(2πe))  (E-GRPO §3.2 eq. 5).
+
+    ``dim=1`` (default) gives the per-dimension entropy h/d, the scale-free number the trainers log for any σ
+    variant (``step_entropy`` covers the Flow-GRPO σ_t only, because τ is defined on it). ``std`` is a float or a
+    tensor of positive values; returns float64 of its shape.
+    """
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise ValueError(f"dim is the number of Gaussian dimensions d (int >= 1), got {dim!r}.")
+    std = _as_tensor(std, torch.float64)
+    if not bool((std > 0).all()):
+        raise ValueError("gaussian_entropy needs std > 0 (a deterministic ODE step has no entropy).")
+    return dim * (torch.log(std) + 0.5 * math.log(_TWO_PI_E))
 
 
 def _entropy_per_dim_exp(ratio_dt: torch.Tensor, a: float, dim: int | None) -> torch.Tensor:

@@ -54,6 +54,7 @@ from rlpost.algorithms.advantages import get_advantage, per_function_scores
 from rlpost.algorithms.losses import gaussian_mean_kl, ppo_clip_loss
 from rlpost.algorithms.sde import (
     explicit_schedule,
+    gaussian_entropy,
     merge_schedule,
     ode_step,
     sde_sigma,
@@ -68,7 +69,6 @@ from rlpost.rewards import image as _image_rewards  # noqa: F401  (registers the
 __all__ = ["FLOW_MODES", "FlowGRPOConfig", "FlowGRPOTrainer", "FlowRollout", "reward_batch"]
 
 FLOW_MODES = ("e_grpo", "flow_grpo", "dance_grpo")
-_LOG_SQRT_2PI_E = 0.5 * math.log(2 * math.pi * math.e)
 
 # Per-mode defaults for fields left as None: (E-GRPO / VisualGRPO, Flow-GRPO config/grpo.py, DanceGRPO flux script).
 _MODE_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -729,7 +729,7 @@ class FlowGRPOTrainer:
                 stats[f"{name}/entropy"] = float(step_entropy(t, t_next, a, definition=self.args.entropy_definition,
                                                               t_at_one=fix, dim=1))
             sigma = float(sde_sigma(t, a, t_next_at_one=fix, variant=self.args.sde_variant))
-            per_dim.append(math.log(sigma * math.sqrt(t - t_next)) + _LOG_SQRT_2PI_E)
+            per_dim.append(float(gaussian_entropy(sigma * math.sqrt(t - t_next))))
             if self.args.mode == "e_grpo":
                 column = rewards[(rollout.image_column == s).cpu()]
                 stats[f"{name}/reward_mean"] = column[~torch.isnan(column)].mean().item()
