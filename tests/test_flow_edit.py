@@ -66,7 +66,7 @@ def test_velocity_matches_the_pipeline_layout(model):
     with torch.no_grad():
         ours = ADAPTER.velocity(model, x, t, cond)
         tokens = torch.cat([P._pack_latents(x, b, c, h, w), P._pack_latents(src, b, c, hs, ws)], dim=1)
-        out = model(hidden_states=tokens, encoder_hidden_states=cond.embeds, encoder_hidden_states_mask=cond.pooled > 0,
+        out = model(hidden_states=tokens, encoder_hidden_states=cond.embeds, encoder_hidden_states_mask=cond.text_mask,
                     timestep=(1000 * t) / 1000, img_shapes=[[(1, h // 2, w // 2), (1, hs // 2, ws // 2)]] * b,
                     return_dict=False)[0]
         ref = P._unpack_latents(out[:, : (h // 2) * (w // 2)], h, w, vae_scale_factor=1)[:, :, 0]
@@ -91,7 +91,7 @@ def test_word_encoder_shares_word_vectors_across_instructions():
     same = [0, 1, 3, 4, 6, 7, 8, 9]  # recolour the _ in row _ column 2 to red: same word at the same position
     torch.testing.assert_close(a.embeds[0, same], b.embeds[0, same])
     assert not torch.allclose(a.embeds[0, 2], b.embeds[0, 2])  # square vs circle
-    assert a.pooled[0].tolist() == [1.0] * 10 + [0.0] * 2 and a.embeds[0, 10:].abs().sum() == 0
+    assert a.text_mask[0].tolist() == [True] * 10 + [False] * 2 and a.pooled is None and a.embeds[0, 10:].abs().sum() == 0
     with pytest.raises(ValueError, match="max_words"):
         enc(["one two three four five six seven eight nine ten eleven twelve thirteen"])
 
@@ -143,7 +143,7 @@ def test_qwen_prompt_encoder_sees_instruction_and_source_image_and_pads():
     cond = enc(records)
     assert [c[0] for c in pipe.calls] == ["remove the red square", "add one"]
     assert pipe.calls[0][1] == (64, 64)  # the source image reaches the VL encoder, resized to the condition area
-    assert cond.embeds.shape == (2, 4, 4) and cond.pooled.tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
+    assert cond.embeds.shape == (2, 4, 4) and cond.text_mask.int().tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
     enc(records[:1])
     assert len(pipe.calls) == 2  # cached per (instruction, source pixels)
     enc([{"prompt": "remove the red square", "source_image": torch.zeros(3, 12, 12)}])

@@ -119,6 +119,22 @@ def test_random_prompt_encoder_is_deterministic_per_prompt():
         PromptEmbeds(torch.zeros(2, 3, 4), torch.zeros(3, 5))
 
 
+def test_prompt_embeds_text_mask_stays_bool_and_follows_rows():
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    cond = PromptEmbeds(torch.randn(2, 3, 4), text_mask=mask)
+    assert cond.pooled is None and cond.text_mask.dtype == torch.bool
+    moved = cond.to("cpu", torch.bfloat16)  # embeddings follow the dtype, the mask must not
+    assert moved.embeds.dtype == torch.bfloat16 and moved.text_mask.dtype == torch.bool
+    picked = cond.index([1, 1, 0])
+    assert picked.text_mask.int().tolist() == [[1, 0, 0], [1, 0, 0], [1, 1, 0]]
+    with pytest.raises(ValueError, match="text_mask must be"):
+        PromptEmbeds(torch.randn(2, 3, 4), text_mask=torch.ones(2, 4))
+    # a model family that needs the CLIP pooled vector says so instead of failing inside diffusers
+    model = tiny_flow_transformer("flux", seed=0)
+    with pytest.raises(ValueError, match="needs pooled prompt embeddings"):
+        get_flow_adapter("flux").velocity(model, torch.randn(2, 4, 8, 8), torch.tensor([0.5, 0.5]), cond)
+
+
 def test_unknown_adapter_names_choices():
     with pytest.raises(ValueError, match="flux"):
         get_flow_adapter("fluxx")

@@ -58,38 +58,62 @@ __all__ = [
 
 @dataclass
 class PromptEmbeds:
-    """Conditioning for a batch: ``embeds [B, S, D]`` (T5 / joint tokens), ``pooled [B, P]`` (CLIP pooled) and, for
-    image editing, ``image_latents [B, C, H, W]``: the source image encoded into the latent space (what
-    Qwen-Image-Edit and FLUX Kontext feed the transformer beside the noisy latents). Text-to-image adapters ignore it.
+    """Conditioning for a batch of prompts, one row per prompt (``index`` and ``to`` keep the fields together).
+
+    - ``embeds [B, S, D]``: text tokens (T5 for FLUX/SD3, Qwen2.5-VL hidden states for Qwen-Image-Edit).
+    - ``pooled [B, P]``: CLIP pooled embedding (FLUX, SD3); None for models without one (Qwen-Image).
+    - ``image_latents [B, C, H, W]``: for image editing, the source image in latent space (what Qwen-Image-Edit and
+      FLUX Kontext feed the transformer beside the noisy latents). Text-to-image adapters ignore it.
+    - ``text_mask [B, S]`` (bool, True = real token): padding mask of ``embeds`` for models that take one; None means
+      every token is real. Kept as bool through ``to(device, dtype)``: a mask must not be cast to bf16.
     """
 
     embeds: Tensor
-    pooled: Tensor
+    pooled: Tensor | None = None
     image_latents: Tensor | None = None
+    text_mask: Tensor | None = None
 
     def __post_init__(self) -> None:
-        if self.embeds.ndim != 3 or self.pooled.ndim != 2 or self.embeds.shape[0] != self.pooled.shape[0]:
-            raise ValueError(
-                f"PromptEmbeds needs embeds [B, S, D] and pooled [B, P] with one batch size, got "
-                f"{tuple(self.embeds.shape)} and {tuple(self.pooled.shape)}."
-            )
-        if self.image_latents is not None and (self.image_latents.ndim != 4
-                                               or self.image_latents.shape[0] != self.embeds.shape[0]):
-            raise ValueError(f"PromptEmbeds.image_latents must be [B, C, H, W] with B = {self.embeds.shape[0]}, got "
+        b = self.embeds.shape[0] if self.embeds.ndim == 3 else None
+        if b is None or (self.pooled is not None and (self.pooled.ndim != 2 or self.pooled.shape[0] != b)):
+            pooled = None if self.pooled is None else tuple(self.pooled.shape)
+            raise ValueError(f"PromptEmbeds needs embeds [B, S, D] and pooled [B, P] (or None) with one batch size, "
+                             f"got {tuple(self.embeds.shape)} and {pooled}.")
+        if self.image_latents is not None and (self.image_latents.ndim != 4 or self.image_latents.shape[0] != b):
+            raise ValueError(f"PromptEmbeds.image_latents must be [B, C, H, W] with B = {b}, got "
                              f"{tuple(self.image_latents.shape)}.")
+        if self.text_mask is not None:
+            if tuple(self.text_mask.shape) != tuple(self.embeds.shape[:2]):
+                raise ValueError(f"PromptEmbeds.text_mask must be [B, S] = {tuple(self.embeds.shape[:2])} like embeds, "
+                                 f"got {tuple(self.text_mask.shape)}.")
+            self.text_mask = self.text_mask.bool() if self.text_mask.is_floating_point() else self.text_mask > 0
 
     def __len__(self) -> int:
         return self.embeds.shape[0]
 
+    @staticmethod
+    def _rows(x: Tensor | None, rows: Tensor) -> Tensor | None:
+        return None if x is None else x[rows.to(x.device)]
+
     def index(self, rows: Tensor | Sequence[int]) -> "PromptEmbeds":
         """Rows of the batch, e.g. ``cond.index(prompt_of_sample)`` to expand one embedding per group member."""
         rows = torch.as_tensor(rows, dtype=torch.long, device=self.embeds.device)
-        image = None if self.image_latents is None else self.image_latents[rows.to(self.image_latents.device)]
-        return PromptEmbeds(self.embeds[rows], self.pooled[rows], image)
+        return PromptEmbeds(self.embeds[rows], self._rows(self.pooled, rows), self._rows(self.image_latents, rows),
+                            self._rows(self.text_mask, rows))
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "PromptEmbeds":
-        image = None if self.image_latents is None else self.image_latents.to(device, dtype)
-        return PromptEmbeds(self.embeds.to(device, dtype), self.pooled.to(device, dtype), image)
+        def cast(x: Tensor | None) -> Tensor | None:
+            return None if x is None else x.to(device, dtype)
+
+        mask = None if self.text_mask is None else self.text_mask.to(device)
+        return PromptEmbeds(cast(self.embeds), cast(self.pooled), cast(self.image_latents), mask)
+
+    def require_pooled(self, adapter: str) -> Tensor:
+        if self.pooled is None:
+            raise ValueError(f"the {adapter} adapter needs pooled prompt embeddings [B, P] (CLIP pooled), but "
+                             "PromptEmbeds.pooled is None; use a prompt encoder for this model family "
+                             "(PipelinePromptEncoder, PrecomputedPromptEncoder or RandomPromptEncoder).")
+        return self.pooled
 
 
 def _prompt_seed(prompt: str, seed: int) -> int:
@@ -310,7 +334,7 @@ class FluxAdapter(FlowAdapter):
         out = model(
             hidden_states=pack_latents(latents).to(dtype),
             encoder_hidden_states=cond.embeds.to(latents.device, dtype),
-            pooled_projections=cond.pooled.to(latents.device, dtype),
+            pooled_projections=cond.require_pooled(self.name).to(latents.device, dtype),
             timestep=t.to(latents.device, dtype),
             img_ids=_image_ids(h, w, latents.device, dtype),
             txt_ids=torch.zeros(cond.embeds.shape[1], 3, device=latents.device, dtype=dtype),
@@ -358,7 +382,7 @@ class SD3Adapter(FlowAdapter):
         out = model(
             hidden_states=latents.to(dtype),
             encoder_hidden_states=cond.embeds.to(latents.device, dtype),
-            pooled_projections=cond.pooled.to(latents.device, dtype),
+            pooled_projections=cond.require_pooled(self.name).to(latents.device, dtype),
             timestep=(1000 * t).to(latents.device, dtype),
             return_dict=False,
         )[0]

@@ -15,9 +15,8 @@ calls the transformer with
 
 :class:`QwenImageEditAdapter` (registered as ``"qwen_image_edit"``) does exactly that behind rlpost's one adapter
 signature ``v = adapter.velocity(model, latents[B, C, H, W], t[B], cond)``, with the source latents taken from
-``cond.image_latents``. Qwen-Image has no pooled text projection, so for this adapter ``PromptEmbeds.pooled`` carries
-the text padding mask ``[B, S]`` (1 = token, 0 = padding): that keeps the mask attached to its rows through
-``PromptEmbeds.index`` / ``.to`` without changing the shared dataclass. Guidance embeddings are not passed
+``cond.image_latents`` and the text padding mask from ``cond.text_mask`` (Qwen-Image has no pooled text projection:
+``cond.pooled`` is None). Guidance embeddings are not passed
 (Qwen-Image-Edit has ``guidance_embeds=False``; diffusers 0.42's guidance branch does not run).
 
 Tiny CPU editor (tests, the shapes env, the CPU recipe):
@@ -74,8 +73,8 @@ __all__ = [
 class QwenImageEditAdapter(FlowAdapter):
     """``QwenImageTransformer2DModel`` called as ``QwenImageEditPipeline`` calls it (see the module docstring).
 
-    ``cond.image_latents`` [B, C, Hs, Ws] (the source image in latent space) is required; ``cond.pooled`` [B, S] is the
-    text padding mask. Per-sample ``t`` works because the model embeds one timestep per batch row.
+    ``cond.image_latents`` [B, C, Hs, Ws] (the source image in latent space) is required; ``cond.text_mask`` [B, S] (or
+    None: no padding) is the text padding mask. Per-sample ``t`` works because the model embeds one timestep per batch row.
     """
 
     name = "qwen_image_edit"
@@ -99,16 +98,11 @@ class QwenImageEditAdapter(FlowAdapter):
         dtype = inner.dtype
         noisy = pack_latents(latents)  # [B, L, 4C]; Qwen's _pack_latents is the same 2x2 packing as FLUX's
         tokens = torch.cat([noisy, pack_latents(source)], dim=1).to(dtype)  # [B, L + Ls, 4C]
-        mask = cond.pooled.to(latents.device)
-        if mask.shape != cond.embeds.shape[:2]:
-            raise ValueError(f"qwen_image_edit reads cond.pooled as the text mask [B, S] = "
-                             f"{tuple(cond.embeds.shape[:2])}, got {tuple(mask.shape)}. Use WordPromptEncoder or "
-                             "QwenEditPromptEncoder, which write the mask there.")
-        mask = mask > 0.5
+        mask = None if cond.text_mask is None else cond.text_mask.to(latents.device)
         out = model(
             hidden_states=tokens,
             encoder_hidden_states=cond.embeds.to(latents.device, dtype),
-            encoder_hidden_states_mask=None if bool(mask.all()) else mask,  # the pipeline drops an all-ones mask
+            encoder_hidden_states_mask=None if mask is None or bool(mask.all()) else mask,  # the pipeline drops an all-ones mask
             timestep=t.to(latents.device, dtype),  # = scheduler timestep / 1000, as the pipeline passes it
             img_shapes=[[(1, h // 2, w // 2), (1, hs // 2, ws // 2)]] * b,
             return_dict=False,
@@ -171,7 +165,7 @@ class WordPromptEncoder:
     ``word(w)`` is a fixed N(0, 1) vector seeded from the word (blake2b, same in every process) and ``pos(k)`` one per
     position. Instructions share vectors for the words they share, so a held-out instruction ("recolour ... row 2
     ... red") is a new combination of known parts; what the words mean is still learned by the model. The padding
-    mask goes to ``PromptEmbeds.pooled`` ([B, max_words], 1 = word), which :class:`QwenImageEditAdapter` reads.
+    mask goes to ``PromptEmbeds.text_mask`` ([B, max_words], True = word), which :class:`QwenImageEditAdapter` reads.
 
     Args:
         dim: D, the transformer's ``joint_attention_dim``.
@@ -200,7 +194,7 @@ class WordPromptEncoder:
             for k, word in enumerate(words):
                 embeds[i, k] = self._word(word) + 0.5 * self._positions[k]
             mask[i, : len(words)] = 1.0
-        return PromptEmbeds(embeds, mask)
+        return PromptEmbeds(embeds, text_mask=mask)
 
 
 class QwenEditPromptEncoder:
@@ -208,7 +202,7 @@ class QwenEditPromptEncoder:
 
     Calls ``QwenImageEditPipeline.encode_prompt(prompt, image=<source PIL image>)`` per record (load the pipeline with
     ``transformer=None, vae=None`` to keep only the encoder), pads the hidden states of a batch to one length and
-    returns the mask in ``pooled``. Because the embedding depends on the source image, it takes whole prompt records
+    returns the mask in ``text_mask``. Because the embedding depends on the source image, it takes whole prompt records
     (``takes_records = True``; ``FlowGRPOTrainer.encode`` honours it). The source image is resized as the pipeline
     resizes its ``prompt_image`` (area ``condition_area``, aspect kept, multiples of 32). Results are cached per
     (instruction, source pixels), computed without gradients.
@@ -264,13 +258,13 @@ def _pixels_key(image: Any) -> str:
 
 
 def _pad_pairs(pairs: Sequence[tuple[Tensor, Tensor]]) -> PromptEmbeds:
-    """Stack per-prompt (embeds [S_i, D], mask [S_i]) into PromptEmbeds [B, S_max, D] with the mask in ``pooled``."""
+    """Stack per-prompt (embeds [S_i, D], mask [S_i]) into PromptEmbeds [B, S_max, D] and its ``text_mask``."""
     length = max(e.shape[0] for e, _ in pairs)
     embeds = torch.zeros(len(pairs), length, pairs[0][0].shape[1])
     mask = torch.zeros(len(pairs), length)
     for i, (e, m) in enumerate(pairs):
         embeds[i, : e.shape[0]], mask[i, : m.shape[0]] = e, m
-    return PromptEmbeds(embeds, mask)
+    return PromptEmbeds(embeds, text_mask=mask)
 
 
 # ----------------------------------------------------------------------------- codecs
