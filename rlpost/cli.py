@@ -3,7 +3,7 @@
     rlpost train recipes/quickstart.yaml grpo.max_steps=50 seed=1
     rlpost list recipes|rewards|envs|advantages
     rlpost report runs/quickstart
-    rlpost eval recipes/quickstart.yaml --model runs/quickstart/1-grpo/final
+    rlpost eval recipes/quickstart.yaml --model runs/quickstart/1-grpo/final    # a LoRA final/ too (base + adapter)
     rlpost bench-quality --scores scores.csv
     rlpost md run "Simulate an LJ liquid at T*=1.5" --model PATH --potentials-dir DIR
 
@@ -122,8 +122,15 @@ def cmd_eval(args) -> int:
     if heldout is None:
         print("The recipe has no held-out data (data.task or data.heldout_files).", file=sys.stderr)
         return 2
-    tokenizer = load_tokenizer(args.model)
-    model = load_causal_lm(args.model)
+    # A model folder, a hub id, or a LoRA stage's final/ (adapter_config.json): its base model + the adapter.
+    spec = recipe.model
+    try:
+        model = load_causal_lm(args.model, trust_remote_code=spec.trust_remote_code, torch_dtype=spec.torch_dtype,
+                               merge_adapter=args.merge)
+        tokenizer = load_tokenizer(args.model, trust_remote_code=spec.trust_remote_code)
+    except (OSError, ValueError) as error:
+        print(f"rlpost eval: cannot load --model {args.model}: {error}", file=sys.stderr)
+        return 2
     accuracy, correct = exact_match_accuracy(
         model, tokenizer, heldout["prompt"], heldout["answer"], max_new_tokens=recipe.eval.max_new_tokens,
         batch_size=recipe.eval.batch_size, progress=True,
@@ -153,7 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("eval", help="held-out exact-match accuracy of a model on a recipe's data")
     evaluate.add_argument("recipe")
     evaluate.add_argument("overrides", nargs="*")
-    evaluate.add_argument("--model", required=True, help="local folder or hub id")
+    evaluate.add_argument("--model", required=True, help="local folder, hub id, or a LoRA adapter folder (final/)")
+    evaluate.add_argument("--merge", action="store_true",
+                          help="merge a LoRA adapter into its base before generating (faster; equal up to rounding)")
     evaluate.set_defaults(func=cmd_eval)
 
     from rlpost.eval import bench_quality

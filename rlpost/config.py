@@ -87,7 +87,9 @@ class TrackingSpec:
 
 @dataclass
 class RewardSpec:
-    """A reward module by registry name (or ``module.path:Class``), its weight and constructor options."""
+    """A reward module by registry name (or ``module.path:Class``), its weight and constructor options.
+    ``options: {name: ...}`` names the instance (its metrics log as ``rewards/<name>/...``); two entries of one reward
+    need distinct names."""
 
     name: str = ""
     weight: float = 1.0
@@ -105,11 +107,34 @@ class EnvironmentSpec:
 
 
 @dataclass
+class ReasoningSpec:
+    """ThinkRL-Edit's plan → generate → reflect loop around a ``flow_grpo`` stage's editor
+    (:mod:`rlpost.trainers.reasoning_edit`; the stage ``args`` stay the editor's flow GRPO settings).
+
+    ``planner``: the causal LM that rewrites each instruction (``tiny:qwen2`` or a local folder / hub id).
+    ``reflector``: ``shapes`` (the shapes env's pixel judge), a judge's options (``{base_url, model, ...}`` for an
+    OpenAI-compatible server, ``{model: ...}`` for a local one; :func:`rlpost.rewards.judges.build_judge`), or null
+    for no reflection. ``pretrain_*``: a supervised warm start of the planner on the task records' reference
+    rewrites (record field ``pretrain_target``, e.g. ``canonical`` in ``shapes_edit``); 0 steps skips it.
+    ``args``: :class:`~rlpost.trainers.reasoning_edit.ReasoningEditConfig` fields (``max_steps``, ``num_candidates``...).
+    """
+
+    planner: ModelSpec = field(default_factory=ModelSpec)
+    reflector: Any = None
+    pretrain_steps: int = 0
+    pretrain_target: str = "canonical"
+    pretrain_learning_rate: float = 1e-3
+    pretrain_batch_size: int = 32
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class StageSpec:
     trainer: str = ""
     args: dict[str, Any] = field(default_factory=dict)
     rewards: list[RewardSpec] = field(default_factory=list)
     environment: EnvironmentSpec | None = None  # grpo only: rollouts are multi-turn episodes in this environment
+    reasoning: ReasoningSpec | None = None  # flow_grpo only: wrap the editor in ThinkRL-Edit's reasoning loop
     split: str | None = None  # which task split feeds this stage; default by trainer (sft -> "sft", grpo -> "rl")
 
 
@@ -299,9 +324,49 @@ def _validate_recipe(recipe: Recipe) -> None:
         elif stage.trainer in ("grpo", "flow_grpo") and not stage.rewards:
             raise ConfigError(f"{where}: a {stage.trainer} stage needs `rewards:` (e.g. - name: exact_match) or, for "
                               "grpo, an `environment:` whose episodes are rewarded.")
+        if stage.reasoning is not None:
+            _validate_reasoning(stage, where)
+        seen: dict[str, int] = {}  # instance name -> index of the entry that took it
         for j, reward in enumerate(stage.rewards):
             if ":" not in reward.name and reward.name not in known_rewards:
                 raise ConfigError(_unknown(f"{where}.rewards.{j}.name", reward.name, list(known_rewards)))
+            rename = reward.options.get("name")
+            if rename is not None and (not isinstance(rename, str) or not rename):
+                raise ConfigError(f"{where}.rewards.{j}.options.name must be a non-empty string (the instance's "
+                                  f"metric name), got {rename!r}.")
+            # Early, before any model loads: a registered reward's instance name is its registry name unless
+            # renamed (an import path's name is known only once imported; rlpost.rewards.build_rewards checks those).
+            name = rename or (reward.name if ":" not in reward.name else None)
+            if name in seen:
+                raise ConfigError(f"{where}.rewards.{j}: reward name {name!r} is already used by rewards.{seen[name]}; "
+                                  f"their metrics would mix. Give one of them `options: {{name: ...}}`.")
+            if name is not None:
+                seen[name] = j
+
+
+def _validate_reasoning(stage: StageSpec, where: str) -> None:
+    from rlpost.trainers.reasoning_edit import ReasoningEditConfig
+
+    spec = stage.reasoning
+    if stage.trainer != "flow_grpo":
+        raise ConfigError(f"{where}.reasoning: the reasoning loop wraps a flow editor; only flow_grpo stages take it.")
+    if stage.args.get("mode", "flow_grpo") == "e_grpo":
+        raise ConfigError(f"{where}.reasoning: every candidate follows its own plan, so there is no shared E-GRPO "
+                          "anchor; set args.mode to flow_grpo or dance_grpo.")
+    if spec.planner.lora is not None:
+        raise ConfigError(f"{where}.reasoning.planner.lora: LoRA is not supported for the planner yet; remove it.")
+    if spec.pretrain_steps < 0 or spec.pretrain_batch_size < 1 or spec.pretrain_learning_rate <= 0:
+        raise ConfigError(f"{where}.reasoning: pretrain_steps must be >= 0, pretrain_batch_size >= 1 and "
+                          "pretrain_learning_rate > 0.")
+    if not (spec.reflector is None or spec.reflector == "shapes" or isinstance(spec.reflector, dict)):
+        raise ConfigError(f"{where}.reasoning.reflector must be 'shapes', a judge's options ({{base_url, model}} or "
+                          f"{{model}}) or null, got {spec.reflector!r}.")
+    fields = {f.name for f in dataclasses.fields(ReasoningEditConfig)}
+    hints = typing.get_type_hints(ReasoningEditConfig)
+    for key, value in spec.args.items():
+        if key not in fields:
+            raise ConfigError(_unknown(f"{where}.reasoning.args.{key}", key, list(fields)))
+        spec.args[key] = _coerce(hints[key], value, f"{where}.reasoning.args.{key}")
 
 
 def check_trainer_args(trainer: str, args: dict, where: str) -> None:

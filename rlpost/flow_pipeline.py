@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from rlpost.models.flow import get_flow_adapter
-from rlpost.rewards import RewardModule, get_reward
+from rlpost.rewards import RewardModule, build_rewards
 from rlpost.trainers.flow_grpo import FlowGRPOConfig, FlowGRPOTrainer, reward_batch
 
 __all__ = ["load_flow_recipe", "run_flow_recipe"]
@@ -67,21 +67,9 @@ def load_flow_recipe(path: str | Path, overrides: Sequence[str] | None = None):
 
 
 def _recipe_rewards(recipe) -> list[RewardModule]:
-    """The stage's reward modules; an ``options.name`` renames that instance (two ``checklist`` rewards with
-    different question prompts need distinct names for their metrics and UCPG columns)."""
-    modules = []
-    for spec in recipe.stages[0].rewards:
-        options = dict(spec.options)
-        rename = options.pop("name", None)
-        module = get_reward(spec.name, **options)
-        if rename:
-            module.name = str(rename)
-        modules.append(module)
-    names = [m.name for m in modules]
-    if len(set(names)) != len(names):
-        raise ValueError(f"flow recipe rewards need distinct names, got {names}; give repeated rewards "
-                         "`options: {name: ...}`.")
-    return modules
+    """The stage's reward modules; ``options.name`` renames an instance (two ``checklist`` rewards with different
+    question prompts need distinct names for their metrics and UCPG columns)."""
+    return build_rewards(recipe.stages[0].rewards)
 
 
 def _recipe_task(recipe):
@@ -134,13 +122,15 @@ def _edit_components(recipe, args: FlowGRPOConfig, model: Any, tiny: bool):
 
     Tiny: word-level prompt embeddings and pixel-space latents (``prompt_encoder: words``, ``decoder: pixel``). A
     checkpoint: Qwen-Image-Edit's own Qwen2.5-VL on instruction + source image, and its ``AutoencoderKLQwenImage``.
+    With a reasoning loop the editor reads plans with the reflector's feedback appended, hence more words.
     """
     from rlpost.models.flow_edit import PixelCodec, QwenEditPromptEncoder, QwenImageVAECodec, WordPromptEncoder
 
     spec = recipe.model
     encoder_kind = args.prompt_encoder if args.prompt_encoder != "auto" else ("words" if tiny else "pipeline")
     if encoder_kind == "words":
-        encoder = WordPromptEncoder(model.config.joint_attention_dim, seed=spec.seed)
+        max_words = 24 if recipe.stages[0].reasoning is None else 96
+        encoder = WordPromptEncoder(model.config.joint_attention_dim, max_words=max_words, seed=spec.seed)
     elif encoder_kind == "pipeline":
         from diffusers import QwenImageEditPipeline
 
@@ -197,6 +187,79 @@ def _heldout_eval(trainer: "FlowGRPOTrainer", task: Any, rewards: Sequence[Rewar
     for module in rewards:
         scores = [s for s in module(batch, list(range(len(records)))).scores if s is not None]
         out[f"heldout/{module.name}"] = sum(scores) / max(1, len(scores))
+    return out
+
+
+def _reflector(spec: Any):
+    """The reasoning loop's reflector from ``reasoning.reflector`` (see :class:`rlpost.config.ReasoningSpec`)."""
+    from rlpost.trainers.reasoning_edit import JudgeReflector
+
+    if spec is None:
+        return None
+    if spec == "shapes":
+        from rlpost.envs.shapes_edit import ShapesJudge
+
+        return JudgeReflector(ShapesJudge(), image_format="object")
+    from rlpost.rewards.judges import build_judge
+
+    return JudgeReflector(build_judge(dict(spec)), image_format="openai" if "base_url" in spec else "object")
+
+
+def _build_reasoning(recipe, generator: FlowGRPOTrainer, task: Any, records: Sequence[Any]):
+    """The planner (tiny random init with a tokenizer trained on the task's texts, or a checkpoint), the reflector
+    and the :class:`~rlpost.trainers.reasoning_edit.ReasoningEditTrainer` around ``generator``; then the planner's
+    supervised warm start. Returns ``(trainer, pretrain_losses)``."""
+    from rlpost.models import load_causal_lm, load_tokenizer
+    from rlpost.trainers.reasoning_edit import ReasoningEditConfig, ReasoningEditTrainer, pretrain_planner
+
+    spec = recipe.stages[0].reasoning
+    tasks = [r for r in records if isinstance(r, Mapping)]
+    if not tasks:
+        raise ValueError("the reasoning loop needs prompt records with source images (data.task or .jsonl "
+                         "train_files with source_image), not bare prompts.")
+    planner_spec = spec.planner
+    if planner_spec.name_or_path.startswith("tiny:"):
+        corpus = list(task.corpus()) if hasattr(task, "corpus") else [r["prompt"] for r in tasks]
+        tokenizer = load_tokenizer(planner_spec.name_or_path, vocab_size=planner_spec.tokenizer_vocab_size,
+                                   corpus=corpus)
+        planner = load_causal_lm(planner_spec.name_or_path, tokenizer=tokenizer, hidden_size=planner_spec.hidden_size,
+                                 num_layers=planner_spec.num_layers, num_heads=planner_spec.num_heads,
+                                 seed=planner_spec.seed)
+    else:
+        tokenizer = load_tokenizer(planner_spec.name_or_path, trust_remote_code=planner_spec.trust_remote_code)
+        planner = load_causal_lm(planner_spec.name_or_path, trust_remote_code=planner_spec.trust_remote_code,
+                                 torch_dtype=planner_spec.torch_dtype)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    args = ReasoningEditConfig(**{"output_dir": str(generator.run_dir), "seed": recipe.seed, **spec.args})
+    trainer = ReasoningEditTrainer(planner, tokenizer, generator, tasks, args, reflector=_reflector(spec.reflector))
+    losses: list[float] = []
+    if spec.pretrain_steps > 0:
+        missing = [i for i, r in enumerate(tasks) if not isinstance(r.get(spec.pretrain_target), str)]
+        if missing:
+            raise ValueError(f"reasoning.pretrain_target {spec.pretrain_target!r} is not a text field of task record "
+                             f"{missing[0]}; fields: {sorted(tasks[missing[0]])}. Set pretrain_target to the field "
+                             "holding reference rewrites, or pretrain_steps: 0.")
+        losses = pretrain_planner(trainer, tasks, [r[spec.pretrain_target] for r in tasks], spec.pretrain_steps,
+                                  batch_size=spec.pretrain_batch_size, learning_rate=spec.pretrain_learning_rate,
+                                  seed=recipe.seed)
+    return trainer, losses
+
+
+def _reasoning_eval(trainer: Any, task: Any) -> dict[str, float]:
+    """The whole loop (greedy plans, ODE sampler, one reflection round) on the task's held-out split."""
+    try:
+        records = task.split("heldout") if task is not None and hasattr(task, "split") else []
+    except ValueError:
+        records = []
+    if not records:
+        return {}
+    result = trainer.evaluate(records, seed=0)
+    out = {f"heldout_reasoning/{k.split('/', 1)[1]}": v for k, v in result.items() if k.startswith("rewards/")}
+    exact = [p == r.get("canonical") for p, r in zip(result["plans"], records) if "canonical" in r]
+    if exact:  # tasks with a reference rewrite: how often the greedy plan is exactly it
+        out["heldout_reasoning/plan_exact"] = sum(exact) / len(exact)
+    out["heldout_reasoning/regenerated_frac"] = result["regenerated"] / len(records)
     return out
 
 
@@ -261,22 +324,37 @@ def run_flow_recipe(path: str | Path, overrides: Sequence[str] | None = None) ->
         raise ValueError(f"data.task images are {size}x{size} px but resolution / vae_scale_factor = "
                          f"{args.resolution} / {args.vae_scale_factor}: set resolution: {size} and "
                          "vae_scale_factor: 1 for pixel-space latents.")
-    pretrain_losses = _pretrain_from_task(task, model, prompts, encoder, image_encoder, args.seed, kind)
+    reasoning_spec = recipe.stages[0].reasoning
+    warm_records = prompts
+    if reasoning_spec is not None:  # the editor will be conditioned on plans: warm it up on the reference plans
+        target = reasoning_spec.pretrain_target
+        warm_records = [{**r, "prompt": r.get(target, r["prompt"])} if isinstance(r, Mapping) else r for r in prompts]
+    pretrain_losses = _pretrain_from_task(task, model, warm_records, encoder, image_encoder, args.seed, kind)
     rewards = _recipe_rewards(recipe)
     weights = [r.weight for r in recipe.stages[0].rewards]
     trainer = FlowGRPOTrainer(model, rewards, args, prompt_encoder=encoder, decoder=decoder, prompts=prompts,
                               reward_weights=weights, image_encoder=image_encoder)
-    heldout = {"before": _heldout_eval(trainer, task, rewards)}
-    history = trainer.train()
-    heldout["after"] = _heldout_eval(trainer, task, rewards)
+    reasoning, planner_losses = None, []
+    if reasoning_spec is not None:
+        reasoning, planner_losses = _build_reasoning(recipe, trainer, task, prompts)
+
+    def evaluate() -> dict[str, float]:
+        return {**_heldout_eval(trainer, task, rewards), **(_reasoning_eval(reasoning, task) if reasoning else {})}
+
+    heldout = {"before": evaluate()}
+    history = (reasoning or trainer).train()
+    heldout["after"] = evaluate()
     if heldout["before"] and trainer.accelerator.is_main_process:
         with (trainer.run_dir / "metrics.jsonl").open("a") as f:
             for when, values in heldout.items():
                 f.write(json.dumps({"stage": "eval", "when": when, **values}) + "\n")
-            if pretrain_losses:
-                f.write(json.dumps({"stage": "pretrain", "steps": len(pretrain_losses),
-                                    "loss_first": pretrain_losses[0], "loss_last": pretrain_losses[-1]}) + "\n")
-        print("held-out " + " | ".join(f"{k.split('/', 1)[1]}: {heldout['before'][k]:.3f} -> {v:.3f}"
+            planner_steps = reasoning_spec.pretrain_steps if reasoning else 0
+            for stage, steps, losses in (("pretrain", len(pretrain_losses), pretrain_losses),
+                                         ("planner_pretrain", planner_steps, planner_losses)):
+                if losses:  # first and last logged training loss
+                    f.write(json.dumps({"stage": stage, "steps": steps, "loss_first": losses[0],
+                                        "loss_last": losses[-1]}) + "\n")
+        print("held-out " + " | ".join(f"{k.removeprefix('heldout/')}: {heldout['before'][k]:.3f} -> {v:.3f}"
                                        for k, v in heldout["after"].items()))
     return {"run_dir": str(trainer.run_dir), "history": history, "heldout": heldout,
-            "pretrain_losses": pretrain_losses}
+            "pretrain_losses": pretrain_losses, "planner_pretrain_losses": planner_losses}

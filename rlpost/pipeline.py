@@ -7,13 +7,16 @@ data order included), so a killed run ends where an uninterrupted one would.
 
 With ``model.lora`` the first stage wraps the model in peft LoRA adapters (``peft_config`` of TRL's trainers) and every
 later stage keeps training that same adapter; each ``final/`` then holds the adapter (``adapter_config.json`` +
-``adapter_model.safetensors``, loadable with ``PeftModel.from_pretrained(base, final_dir)``), not a full checkpoint.
+``adapter_model.safetensors``, loadable with ``PeftModel.from_pretrained(base, final_dir)``), not a full checkpoint,
+plus the tokenizer and, for a ``tiny:`` base, a copy of that base in ``final/base_model/`` (see :func:`_save_final`);
+``rlpost.models.load_causal_lm(final_dir)`` and ``rlpost eval --model final_dir`` load base + adapter.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -82,8 +85,7 @@ def run_recipe(recipe: Recipe) -> dict:
             # What the trainer actually ran on (accelerate's state is re-initialized by each TrainingArguments).
             results.update(world_size=accelerator.num_processes, distributed_type=accelerator.distributed_type.value)
             if state.is_main_process:
-                model.save_pretrained(final_dir)
-                tokenizer.save_pretrained(final_dir)
+                _save_final(model, tokenizer, final_dir, recipe)
             state.wait_for_everyone()
         evaluate(label)
 
@@ -110,6 +112,20 @@ def _load(recipe: Recipe):
         tokenizer = load_tokenizer(spec.name_or_path, trust_remote_code=spec.trust_remote_code)
         model = load_causal_lm(spec.name_or_path, trust_remote_code=spec.trust_remote_code, torch_dtype=spec.torch_dtype)
     return task, tokenizer, model
+
+
+def _save_final(model, tokenizer, final_dir: Path, recipe: Recipe) -> None:
+    """The model (or its LoRA adapter) and tokenizer; with LoRA on a ``tiny:`` base also a copy of the base under
+    ``final/base_model/``: a random-init base exists only in the local model cache, and ``load_causal_lm(final_dir)``
+    (``rlpost eval --model``) needs the exact base the adapter was trained on. A hub or local base is not copied;
+    the adapter names it in ``adapter_config.json`` (``base_model_name_or_path``)."""
+    model.save_pretrained(final_dir)
+    tokenizer.save_pretrained(final_dir)
+    if recipe.model.lora is not None and recipe.model.name_or_path.startswith("tiny:"):
+        from rlpost.models.factory import BASE_MODEL_DIR
+
+        # LoRA leaves the base weights frozen, so the cached folder the base was loaded from is that base.
+        shutil.copytree(model.get_base_model().name_or_path, final_dir / BASE_MODEL_DIR, dirs_exist_ok=True)
 
 
 def _finished(final_dir: Path, recipe: Recipe) -> bool:
@@ -203,10 +219,10 @@ def _train_stage(recipe, index, stage, stage_dir, model, tokenizer, task, report
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks,
                              peft_config=_peft_config(recipe, model))
     else:
-        from rlpost.rewards import get_reward
+        from rlpost.rewards import build_rewards
         from rlpost.trainers import GRPOTrainer
 
-        modules = [get_reward(r.name, **r.options) for r in stage.rewards]
+        modules = build_rewards(stage.rewards)
         environment = {}
         if stage.environment is not None:
             from rlpost.envs import TOOL_ENVS
@@ -227,7 +243,13 @@ def _train_stage(recipe, index, stage, stage_dir, model, tokenizer, task, report
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=checkpoint)
     _log(f"stage {index} ({stage.trainer}) trained in {time.perf_counter() - started:.1f}s")
-    return trainer.accelerator.unwrap_model(trainer.model), trainer.accelerator
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if "ref" in getattr(model, "peft_config", {}):
+        # TRL's GRPO with beta > 0 on an already-wrapped model adds a frozen "ref" copy of the adapter as the KL
+        # reference. It is this stage's scaffolding: dropped so final/ holds only the trained adapter and a later
+        # GRPO stage can add its own reference.
+        model.delete_adapter("ref")
+    return model, trainer.accelerator
 
 
 def _evaluate(model, tokenizer, heldout, recipe):

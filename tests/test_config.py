@@ -99,3 +99,27 @@ def test_lora_block_is_validated_like_the_rest():
 def test_lora_is_refused_for_flow_stages():
     with pytest.raises(ConfigError, match="model.lora applies to sft and grpo stages only; stage 0 is 'flow_grpo'"):
         load_recipe(RECIPES / "e_grpo" / "tiny.yaml", ["model.lora.r=4"])
+
+
+@pytest.mark.parametrize(
+    "rewards, message",
+    [
+        ("[{name: exact_match}, {name: exact_match, weight: 0.5}]",
+         "stages.1.rewards.1: reward name 'exact_match' is already used by rewards.0; their metrics would mix. "
+         "Give one of them `options: {name: ...}`."),
+        ("[{name: exact_match, options: {name: em}}, {name: exact_match, options: {name: em}}]",
+         "reward name 'em' is already used by rewards.0"),
+        ("[{name: exact_match, options: {name: exact_match}}, {name: exact_match}]",
+         "reward name 'exact_match' is already used by rewards.0"),
+        ("[{name: exact_match, options: {name: 3}}]", "stages.1.rewards.0.options.name must be a non-empty string"),
+    ],
+)
+def test_repeated_reward_names_fail_before_any_model_loads(rewards, message):
+    with pytest.raises(ConfigError) as info:
+        load_recipe(QUICKSTART, [f"grpo.rewards={rewards}"])
+    assert message in str(info.value)
+
+
+def test_renamed_instances_of_one_reward_validate():
+    recipe = load_recipe(QUICKSTART, ["grpo.rewards=[{name: exact_match}, {name: exact_match, options: {name: em2}}]"])
+    assert [r.options.get("name") for r in recipe.stages[1].rewards] == [None, "em2"]

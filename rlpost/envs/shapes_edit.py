@@ -70,6 +70,7 @@ __all__ = [
     "ShapesJudge",
     "ShapesQuality",
     "checklist_questions",
+    "describe_scene",
     "parse_instruction",
     "reflect_on_edit",
     "read_scene",
@@ -185,6 +186,12 @@ def _position_cell(name: str) -> Cell | None:
     if len(parts) == 2 and parts[0] in _ROW_NAMES and parts[1] in _COL_NAMES:
         return _ROW_NAMES.index(parts[0]), _COL_NAMES.index(parts[1])
     return None
+
+
+def describe_scene(scene: Mapping[Cell, tuple[str, str]]) -> str:
+    """The scene in the canonical grammar's words, row by row: ``"scene: row 1, column 2: red square; ..."``."""
+    return "scene: " + "; ".join(f"{_pos(cell)}: {colour} {shape}"
+                                 for cell, (shape, colour) in sorted(scene.items())) + "."
 
 
 def canonical_instruction(spec: Mapping[str, Any]) -> str:
@@ -629,6 +636,9 @@ class ShapesEditTask:
         heldout_mod: a combination is held out when ``(op + colour + cell index) % heldout_mod == 0``.
         instruction: which phrasing goes to ``prompt``: "canonical" (default), "indirect" or "mixed" (alternating).
         seed: seeds the scenes and phrasings.
+        scene_context: add a ``context`` field describing the source scene in words (:func:`describe_scene`), for a
+            text-only planner in the reasoning loop (ThinkRL-Edit's planner is a VLM that sees the source image;
+            this is the text stand-in) [inferred]. Off by default: the editor alone never reads it.
         pretrain_steps / pretrain_batch_size / pretrain_learning_rate: the supervised flow-matching warm start on the
             training tasks' (source, target) pairs that the recipe loader runs before RL (0 = none).
     """
@@ -642,6 +652,7 @@ class ShapesEditTask:
     heldout_mod: int = 5
     instruction: str = "canonical"
     seed: int = 0
+    scene_context: bool = False
     pretrain_steps: int = 0
     pretrain_batch_size: int = 32
     pretrain_learning_rate: float = 1e-3
@@ -708,7 +719,9 @@ class ShapesEditTask:
             indirect = indirect_instruction(spec, scene, rng, self.grid) if self.grid == 3 else canonical
             target = apply_edit(scene, spec)
             form = self.instruction if self.instruction != "mixed" else ("canonical", "indirect")[len(bucket) % 2]
+            context = {"context": describe_scene(scene)} if self.scene_context else {}
             bucket.append({
+                **context,
                 "prompt": canonical if form == "canonical" else indirect,
                 "canonical": canonical,
                 "indirect": indirect,
@@ -729,6 +742,7 @@ class ShapesEditTask:
         raise ValueError(f"shapes_edit split must be 'train' or 'heldout', got {name!r}.")
 
     def corpus(self) -> list[str]:
-        """Every instruction of both splits, both phrasings (for tokenizers)."""
+        """Every instruction of both splits, both phrasings, and the scene descriptions when on (for tokenizers)."""
         train, heldout = self._tasks()
-        return [r[k] for r in train + heldout for k in ("canonical", "indirect")]
+        keys = ("canonical", "indirect", "context") if self.scene_context else ("canonical", "indirect")
+        return [r[k] for r in train + heldout for k in keys]

@@ -22,6 +22,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
 
 __all__ = [
+    "ADAPTER_CONFIG",
+    "BASE_MODEL_DIR",
     "CHATML_RESPONSE_TEMPLATE",
     "CHATML_TEMPLATE",
     "TINY_PREFIX",
@@ -275,12 +277,34 @@ def _parse_tiny(spec: str) -> dict:
     return kwargs
 
 
+ADAPTER_CONFIG = "adapter_config.json"  # what marks a peft adapter folder (a LoRA stage's final/)
+BASE_MODEL_DIR = "base_model"  # where rlpost keeps a copy of a tiny (random-init, cache-only) base beside its adapter
+
+
+def _adapter_base(folder: Path) -> str:
+    """The base model of adapter ``folder``: its ``base_model/`` copy if present, else ``base_model_name_or_path``."""
+    if (folder / BASE_MODEL_DIR / "config.json").exists():
+        return str(folder / BASE_MODEL_DIR)
+    base = json.loads((folder / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path") or ""
+    # A path-like base that is gone (e.g. a cache folder on another machine) would fail as a malformed hub id.
+    missing = base.startswith(("/", ".", "~")) and not Path(base).expanduser().exists()
+    if not base or missing:
+        raise ValueError(f"Adapter folder {folder}: its base model {base!r} (base_model_name_or_path in "
+                         f"{ADAPTER_CONFIG}) is not available. Set it to the base's hub id or local path, or put the "
+                         f"base model (config.json + weights) in {folder / BASE_MODEL_DIR}.")
+    return base
+
+
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, **tiny_kwargs) -> PreTrainedTokenizerFast:
-    """``tiny:...`` builds the offline tokenizer; anything else goes to ``AutoTokenizer.from_pretrained``."""
+    """``tiny:...`` builds the offline tokenizer; anything else goes to ``AutoTokenizer.from_pretrained``. An adapter
+    folder without tokenizer files falls back to its base model's tokenizer."""
     if name_or_path.startswith(TINY_PREFIX):
         return tiny_tokenizer(**tiny_kwargs)
     from transformers import AutoTokenizer
 
+    path = Path(name_or_path)
+    if (path / ADAPTER_CONFIG).exists() and not (path / "tokenizer_config.json").exists():
+        name_or_path = _adapter_base(path)
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -292,12 +316,30 @@ def load_causal_lm(
     tokenizer: PreTrainedTokenizerFast | None = None,
     trust_remote_code: bool = False,
     torch_dtype: str | None = None,
+    merge_adapter: bool = False,
     **tiny_kwargs,
 ) -> PreTrainedModel:
-    """Load a causal LM from ``tiny:<arch>[?k=v&...]``, a local folder or a hub id (safetensors only)."""
+    """Load a causal LM from ``tiny:<arch>[?k=v&...]``, a local folder or a hub id (safetensors only).
+
+    A peft adapter folder (``adapter_config.json``, e.g. a LoRA stage's ``final/``) loads its base model (see
+    :func:`_adapter_base`) with the adapter attached: a ``PeftModel`` in eval mode, whose outputs are the trained
+    model's exactly, or with ``merge_adapter=True`` a plain model with the adapter merged into the weights (faster;
+    equal up to float rounding).
+    """
     if name_or_path.startswith(TINY_PREFIX):
         kwargs = {**_parse_tiny(name_or_path), **tiny_kwargs}
         return tiny_causal_lm(tokenizer=tokenizer, **kwargs)
+    path = Path(name_or_path)
+    if path.is_dir() and not (path / "config.json").exists() and not (path / ADAPTER_CONFIG).exists():
+        # caught here: transformers would fail deep inside with a message about hub ids
+        raise ValueError(f"{path} is neither a model folder (config.json) nor a LoRA adapter folder "
+                         f"({ADAPTER_CONFIG}); point to a stage's final/ (or a checkpoint) folder.")
+    if (path / ADAPTER_CONFIG).exists():
+        from peft import PeftModel
+
+        base = load_causal_lm(_adapter_base(path), trust_remote_code=trust_remote_code, torch_dtype=torch_dtype)
+        model = PeftModel.from_pretrained(base, path).eval()
+        return model.merge_and_unload() if merge_adapter else model
     dtype = getattr(torch, torch_dtype) if torch_dtype not in (None, "auto") else torch_dtype
     return AutoModelForCausalLM.from_pretrained(
         name_or_path, use_safetensors=True, trust_remote_code=trust_remote_code, dtype=dtype

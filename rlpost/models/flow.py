@@ -421,15 +421,23 @@ def register_flow_adapter(adapter: FlowAdapter, *, overwrite: bool = False) -> F
     return adapter
 
 
+# Built-in adapters defined in other modules (heavier imports), registered when first asked for.
+_BUILTIN_MODULES = {"qwen_image_edit": "rlpost.models.flow_edit"}
+
+
 def get_flow_adapter(name: str) -> FlowAdapter:
-    """The adapter registered as ``name`` (``"flux"``, ``"sd3"``, ...)."""
+    """The adapter registered as ``name`` (``"flux"``, ``"sd3"``, ``"qwen_image_edit"``, ...)."""
+    if name not in _ADAPTERS and name in _BUILTIN_MODULES:
+        import importlib
+
+        importlib.import_module(_BUILTIN_MODULES[name])
     if name not in _ADAPTERS:
-        raise ValueError(f"Unknown flow adapter {name!r}. Registered: {', '.join(sorted(_ADAPTERS))}.")
+        raise ValueError(f"Unknown flow adapter {name!r}. Registered: {', '.join(list_flow_adapters())}.")
     return _ADAPTERS[name]
 
 
 def list_flow_adapters() -> list[str]:
-    return sorted(_ADAPTERS)
+    return sorted(set(_ADAPTERS) | set(_BUILTIN_MODULES))
 
 
 register_flow_adapter(FluxAdapter())

@@ -50,7 +50,6 @@ from rlpost.models.flow import (
     PromptEmbeds,
     _unwrap,
     get_flow_adapter,
-    list_flow_adapters,
     pack_latents,
     register_flow_adapter,
     unpack_latents,
@@ -138,8 +137,7 @@ class QwenImageEditAdapter(FlowAdapter):
                                                            torch_dtype=torch_dtype, **options)
 
 
-if "qwen_image_edit" not in list_flow_adapters():  # idempotent under module reloads
-    register_flow_adapter(QwenImageEditAdapter())
+register_flow_adapter(QwenImageEditAdapter(), overwrite=True)  # overwrite: idempotent under module reloads
 
 
 # ----------------------------------------------------------------------------- conditioning

@@ -23,6 +23,7 @@ from rlpost.rewards.base import (
 )
 from rlpost.rewards.registry import (
     UnknownRewardError,
+    build_rewards,
     get_reward,
     list_rewards,
     register_lazy_reward,
@@ -58,6 +59,7 @@ __all__ = [
     "UnknownRewardError",
     "WeightedSum",
     "as_text",
+    "build_rewards",
     "from_trl",
     "get_reward",
     "list_rewards",

@@ -10,11 +10,14 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+from collections.abc import Iterable
 from typing import Any, Callable, TypeVar
 
 from rlpost.rewards.base import RewardModule, from_trl
 
-__all__ = ["UnknownRewardError", "get_reward", "list_rewards", "register_lazy_reward", "register_reward"]
+__all__ = [
+    "UnknownRewardError", "build_rewards", "get_reward", "list_rewards", "register_lazy_reward", "register_reward",
+]
 
 _R = TypeVar("_R", bound=type[RewardModule])
 
@@ -94,11 +97,13 @@ def _instantiate(cls: type[RewardModule], name: str, kwargs: dict[str, Any]) -> 
         ) from error
 
 
-def get_reward(name: str, **kwargs: Any) -> RewardModule:
+def get_reward(name: str, /, **kwargs: Any) -> RewardModule:
     """Build a reward module by registered name, or by import path ``"module.path:ClassOrFunction"``.
 
     An import path may point to a :class:`RewardModule` subclass (instantiated with ``kwargs``), a module instance
     (returned as is; no kwargs), or a TRL-style function (wrapped with :func:`from_trl`, ``kwargs`` going to it).
+    ``name`` is positional-only, so ``get_reward("exact_match", name="em_strict")`` names the *instance* (its
+    metrics log as ``rewards/em_strict/...``) like every other constructor option.
 
     Raises:
         UnknownRewardError: unknown name; the message lists the valid names and the closest match.
@@ -131,6 +136,21 @@ def get_reward(name: str, **kwargs: Any) -> RewardModule:
             f"e.g. 'my_package.rewards:MyReward'."
         )
     return _instantiate(_REGISTRY[name], name, kwargs)
+
+
+def build_rewards(specs: Iterable[Any]) -> list[RewardModule]:
+    """The reward modules of a recipe stage's ``rewards:`` entries (objects with ``.name`` and ``.options``).
+
+    ``options: {name: ...}`` renames an instance; the names must be distinct, since each module logs under
+    ``rewards/<name>/...`` and two modules under one name would silently mix their metrics.
+    """
+    modules = [get_reward(spec.name, **spec.options) for spec in specs]
+    names = [module.name for module in modules]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"rewards {repeated} appear more than once in one stage ({names}); give each repeated "
+                         "reward its own `options: {name: ...}` so their metrics stay apart.")
+    return modules
 
 
 def list_rewards() -> dict[str, str]:

@@ -44,6 +44,7 @@ from rlpost.rewards.judges.parsing import extract_json, extract_yes_no
 from rlpost.trainers.flow_grpo import FlowGRPOTrainer, FlowRollout, reward_batch
 
 __all__ = [
+    "pretrain_planner",
     "DEFAULT_PLAN_PROMPT",
     "DEFAULT_REFLECT_PROMPT",
     "DEFAULT_FEEDBACK",
@@ -221,7 +222,9 @@ class ReasoningEditTrainer:
         self.global_step = 0
 
     # ------------------------------------------------------------------------------------------- 1. plan
-    def _plan_inputs(self, records: Sequence[Mapping[str, Any]]) -> list[str]:
+    def plan_prompts(self, records: Sequence[Mapping[str, Any]]) -> list[str]:
+        """The exact planner inputs for ``records`` (plan prompt with instruction and context, chat-templated when
+        ``use_chat_template``): what :meth:`plan` generates from and :func:`pretrain_planner` trains on."""
         texts = []
         for record in records:
             context = record.get("context")
@@ -247,7 +250,7 @@ class ReasoningEditTrainer:
         tok = self.tokenizer
         side, tok.padding_side = tok.padding_side, "left"
         try:
-            enc = tok(self._plan_inputs(records), return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = tok(self.plan_prompts(records), return_tensors="pt", padding=True, add_special_tokens=False)
         finally:
             tok.padding_side = side
         enc = {k: v.to(self.device) for k, v in enc.items()}
@@ -439,3 +442,37 @@ class ReasoningEditTrainer:
         names = [m.name for m in self.generator.reward_funcs]
         return {"reward": float(torch.nanmean(rewards)), "plans": plans, "regenerated": len(redo),
                 **{f"rewards/{n}": float(torch.nanmean(per_func[:, k])) for k, n in enumerate(names)}}
+
+
+def pretrain_planner(trainer: ReasoningEditTrainer, records: Sequence[Mapping[str, Any]], targets: Sequence[str],
+                     steps: int, batch_size: int = 32, learning_rate: float = 1e-3, output_dir: str | Path | None = None,
+                     seed: int = 0) -> list[float]:
+    """Supervised warm start of the planner before RL: TRL SFT (rlpost's ``SFTTrainer``, completion-only loss) on
+    ``plan_prompts(records)`` → ``targets`` (reference rewrites, wrapped as ``{"Rewrited": ...}`` when
+    ``plan_format="json"``), so RL starts from a planner that writes plans in the expected format [inferred: the
+    paper's planner is a pretrained VLM; a random tiny LM needs this]. Returns the logged training losses."""
+    from datasets import Dataset
+
+    from rlpost.trainers.sft import SFTConfig, SFTTrainer
+
+    if len(records) != len(targets) or not records:
+        raise ValueError(f"pretrain_planner needs one target per record, got {len(records)} records and "
+                         f"{len(targets)} targets.")
+    if trainer.args.plan_format == "json":
+        targets = [json.dumps({"Rewrited": t}) for t in targets]
+    dataset = Dataset.from_dict({"prompt": trainer.plan_prompts(records), "completion": list(targets)})
+    precision = trainer.generator.args.mixed_precision
+    args = SFTConfig(output_dir=str(output_dir or trainer.run_dir / "planner_pretrain"), max_steps=steps,
+                     per_device_train_batch_size=batch_size, learning_rate=learning_rate, lr_scheduler_type="constant",
+                     logging_steps=max(1, steps // 20), save_strategy="no", report_to="none", seed=seed,
+                     use_cpu=trainer.device.type == "cpu", disable_tqdm=True,
+                     # TRL defaults to bf16 even on CPU; follow the generator, whose Accelerator shares the process
+                     bf16=precision == "bf16", fp16=precision == "fp16")
+    trainer.planner.requires_grad_(True)
+    try:
+        sft = SFTTrainer(model=trainer.planner, args=args, train_dataset=dataset, processing_class=trainer.tokenizer)
+        sft.train()
+    finally:
+        trainer.planner.requires_grad_(trainer.args.train_planner)
+    trainer.planner.to(trainer.device)
+    return [row["loss"] for row in sft.state.log_history if "loss" in row]
