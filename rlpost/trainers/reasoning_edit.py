@@ -465,7 +465,7 @@ def pretrain_planner(trainer: ReasoningEditTrainer, records: Sequence[Mapping[st
     args = SFTConfig(output_dir=str(output_dir or trainer.run_dir / "planner_pretrain"), max_steps=steps,
                      per_device_train_batch_size=batch_size, learning_rate=learning_rate, lr_scheduler_type="constant",
                      logging_steps=max(1, steps // 20), save_strategy="no", report_to="none", seed=seed,
-                     use_cpu=trainer.device.type == "cpu", disable_tqdm=True,
+                     use_cpu=trainer.device.type == "cpu",
                      # TRL defaults to bf16 even on CPU; follow the generator, whose Accelerator shares the process
                      bf16=precision == "bf16", fp16=precision == "fp16")
     trainer.planner.requires_grad_(True)
