@@ -24,7 +24,7 @@ from rlpost.models.flow import get_flow_adapter
 from rlpost.rewards import RewardModule, build_rewards
 from rlpost.trainers.flow_grpo import FlowGRPOConfig, FlowGRPOTrainer, reward_batch
 
-__all__ = ["load_flow_recipe", "run_flow_recipe"]
+__all__ = ["FlowRun", "build_flow_run", "load_flow_recipe", "run_flow_recipe"]
 
 
 def load_flow_recipe(path: str | Path, overrides: Sequence[str] | None = None):
@@ -263,8 +263,29 @@ def _reasoning_eval(trainer: Any, task: Any) -> dict[str, float]:
     return out
 
 
-def run_flow_recipe(path: str | Path, overrides: Sequence[str] | None = None) -> dict[str, Any]:
-    """Build everything a flow recipe names and train it. Returns ``{"run_dir", "history", "heldout"}``.
+@dataclasses.dataclass
+class FlowRun:
+    """Everything a flow recipe builds, warm starts done, before RL (see :func:`build_flow_run`)."""
+
+    recipe: Any
+    trainer: FlowGRPOTrainer  # the editor / generator's flow GRPO trainer
+    reasoning: Any  # ReasoningEditTrainer around ``trainer`` when the stage has ``reasoning:``, else None
+    task: Any
+    rewards: list[RewardModule]
+    pretrain_losses: list[float]  # the editor's supervised warm start
+    planner_pretrain_losses: list[float]
+    warm_records: list[Any]  # what the editor's warm start trained on (reference plans with a reasoning loop)
+    prompt_encoder: Any
+    image_encoder: Any
+
+    def evaluate(self) -> dict[str, float]:
+        """Held-out reward means: the editor on the raw instruction, and the whole loop when there is one."""
+        loop = _reasoning_eval(self.reasoning, self.task) if self.reasoning is not None else {}
+        return {**_heldout_eval(self.trainer, self.task, self.rewards), **loop}
+
+
+def build_flow_run(path: str | Path, overrides: Sequence[str] | None = None) -> FlowRun:
+    """Build everything a flow recipe names and run its supervised warm starts; no RL yet.
 
     ``model.name_or_path: tiny:flux`` (or ``tiny:sd3``) builds a tiny random transformer from ``model.hidden_size``,
     ``num_layers``, ``num_heads`` and ``seed``, with random prompt embeddings and the latent-RGB decoder; a local
@@ -272,7 +293,7 @@ def run_flow_recipe(path: str | Path, overrides: Sequence[str] | None = None) ->
     text encoders and VAE. ``tiny:qwen_image_edit`` (or ``adapter: qwen_image_edit`` with a checkpoint) builds an
     editor (:mod:`rlpost.models.flow_edit`): records from ``data.task`` (e.g. ``shapes_edit``) carry source images,
     the task's ``pretrain_steps`` run a supervised warm start first, and held-out reward means are measured before
-    and after RL (``heldout`` in the result, ``{"stage": "eval"}`` rows in ``metrics.jsonl``).
+    and after RL by :func:`run_flow_recipe`. A ``reasoning:`` block wraps the editor in ThinkRL-Edit's loop.
     """
     from rlpost.models import flow_edit as _flow_edit  # noqa: F401  (registers the qwen_image_edit adapter)
     from rlpost.models.flow import (
@@ -337,18 +358,25 @@ def run_flow_recipe(path: str | Path, overrides: Sequence[str] | None = None) ->
     reasoning, planner_losses = None, []
     if reasoning_spec is not None:
         reasoning, planner_losses = _build_reasoning(recipe, trainer, task, prompts)
+    return FlowRun(recipe, trainer, reasoning, task, rewards, pretrain_losses, planner_losses, warm_records, encoder,
+                   image_encoder)
 
-    def evaluate() -> dict[str, float]:
-        return {**_heldout_eval(trainer, task, rewards), **(_reasoning_eval(reasoning, task) if reasoning else {})}
 
-    heldout = {"before": evaluate()}
+def run_flow_recipe(path: str | Path, overrides: Sequence[str] | None = None) -> dict[str, Any]:
+    """Build a flow recipe (:func:`build_flow_run`), train it, and measure the task's held-out rewards before and
+    after RL. Returns ``{"run_dir", "history", "heldout", "pretrain_losses", "planner_pretrain_losses"}``;
+    ``{"stage": "eval"}`` and warm-start rows go to ``metrics.jsonl``."""
+    run = build_flow_run(path, overrides)
+    trainer, reasoning = run.trainer, run.reasoning
+    pretrain_losses, planner_losses = run.pretrain_losses, run.planner_pretrain_losses
+    heldout = {"before": run.evaluate()}
     history = (reasoning or trainer).train()
-    heldout["after"] = evaluate()
+    heldout["after"] = run.evaluate()
     if heldout["before"] and trainer.accelerator.is_main_process:
         with (trainer.run_dir / "metrics.jsonl").open("a") as f:
             for when, values in heldout.items():
                 f.write(json.dumps({"stage": "eval", "when": when, **values}) + "\n")
-            planner_steps = reasoning_spec.pretrain_steps if reasoning else 0
+            planner_steps = run.recipe.stages[0].reasoning.pretrain_steps if reasoning else 0
             for stage, steps, losses in (("pretrain", len(pretrain_losses), pretrain_losses),
                                          ("planner_pretrain", planner_steps, planner_losses)):
                 if losses:  # first and last logged training loss
