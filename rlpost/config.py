@@ -361,18 +361,18 @@ def _validate_reasoning(stage: StageSpec, where: str) -> None:
     if not (spec.reflector is None or spec.reflector == "shapes" or isinstance(spec.reflector, dict)):
         raise ConfigError(f"{where}.reasoning.reflector must be 'shapes', a judge's options ({{base_url, model}} or "
                           f"{{model}}) or null, got {spec.reflector!r}.")
-    fields = {f.name for f in dataclasses.fields(ReasoningEditConfig)}
-    hints = typing.get_type_hints(ReasoningEditConfig)
-    for key, value in spec.args.items():
-        if key not in fields:
-            raise ConfigError(_unknown(f"{where}.reasoning.args.{key}", key, list(fields)))
-        spec.args[key] = _coerce(hints[key], value, f"{where}.reasoning.args.{key}")
+    check_dataclass_args(ReasoningEditConfig, spec.args, f"{where}.reasoning.args")
 
 
 def check_trainer_args(trainer: str, args: dict, where: str) -> None:
     """Check stage ``args`` against the trainer's config dataclass: names (with suggestion) and basic types."""
-    cls = trainer_config_class(trainer)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    check_dataclass_args(trainer_config_class(trainer), args, where)
+
+
+def check_dataclass_args(cls: type, args: dict, where: str) -> None:
+    """Check ``args`` (a free-form recipe dict) against the fields of dataclass ``cls``: unknown names fail with the
+    closest valid one, values are coerced to the field types in place."""
+    fields = {f.name for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     for key, value in args.items():
         if key not in fields:

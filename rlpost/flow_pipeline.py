@@ -28,33 +28,15 @@ __all__ = ["FlowRun", "build_flow_run", "load_flow_recipe", "run_flow_recipe"]
 
 
 def load_flow_recipe(path: str | Path, overrides: Sequence[str] | None = None):
-    """Read a flow recipe (rlpost's recipe layout with one ``flow_grpo`` stage) into ``(Recipe, FlowGRPOConfig)``.
+    """Read and validate a flow recipe (rlpost's recipe layout with one ``flow_grpo`` stage) into
+    ``(Recipe, FlowGRPOConfig)``; :func:`rlpost.config.load_recipe` checks every key and coerces the stage ``args``
+    and ``reasoning.args`` to their dataclass field types."""
+    from rlpost.config import ConfigError, load_recipe
 
-    Until ``rlpost.config`` knows the ``flow_grpo`` trainer, this validates the stage ``args`` against
-    :class:`FlowGRPOConfig` itself (unknown keys fail with the closest valid name).
-    """
-    import yaml
-
-    from rlpost.config import ConfigError, Recipe, _build, _coerce, _unknown, apply_overrides
-
-    raw = yaml.safe_load(Path(path).read_text()) or {}
-    raw = apply_overrides(raw, list(overrides or []))
-    recipe = _build(Recipe, raw, "")
-    stages = [s for s in recipe.stages if s.trainer == "flow_grpo"]
-    if len(stages) != 1 or len(recipe.stages) != 1:
+    recipe = load_recipe(path, list(overrides or []))
+    if len(recipe.stages) != 1 or recipe.stages[0].trainer != "flow_grpo":
         raise ConfigError(f"{path}: a flow recipe has exactly one stage with `trainer: flow_grpo`.")
-    stage = stages[0]
-    if not stage.rewards:
-        raise ConfigError(f"{path}: the flow_grpo stage needs `rewards:` (e.g. - name: prompt_color).")
-    fields = {f.name: f for f in dataclasses.fields(FlowGRPOConfig)}
-    import typing
-
-    hints = typing.get_type_hints(FlowGRPOConfig)
-    kwargs = {}
-    for key, value in stage.args.items():
-        if key not in fields:
-            raise ConfigError(_unknown(f"stages.0.args.{key}", key, list(fields)))
-        kwargs[key] = _coerce(hints[key], value, f"stages.0.args.{key}")
+    kwargs = dict(recipe.stages[0].args)
     kwargs.setdefault("output_dir", recipe.output_dir)
     kwargs.setdefault("seed", recipe.seed)
     kwargs.setdefault("report_to", "none" if recipe.tracking.wandb == "disabled" else "wandb")
@@ -209,7 +191,7 @@ def _build_reasoning(recipe, generator: FlowGRPOTrainer, task: Any, records: Seq
     """The planner (tiny random init with a tokenizer trained on the task's texts, or a checkpoint), the reflector
     and the :class:`~rlpost.trainers.reasoning_edit.ReasoningEditTrainer` around ``generator``; then the planner's
     supervised warm start. Returns ``(trainer, pretrain_losses)``."""
-    from rlpost.models import load_causal_lm, load_tokenizer
+    from rlpost.pipeline import load_model
     from rlpost.trainers.reasoning_edit import ReasoningEditConfig, ReasoningEditTrainer, pretrain_planner
 
     spec = recipe.stages[0].reasoning
@@ -217,20 +199,8 @@ def _build_reasoning(recipe, generator: FlowGRPOTrainer, task: Any, records: Seq
     if not tasks:
         raise ValueError("the reasoning loop needs prompt records with source images (data.task or .jsonl "
                          "train_files with source_image), not bare prompts.")
-    planner_spec = spec.planner
-    if planner_spec.name_or_path.startswith("tiny:"):
-        corpus = list(task.corpus()) if hasattr(task, "corpus") else [r["prompt"] for r in tasks]
-        tokenizer = load_tokenizer(planner_spec.name_or_path, vocab_size=planner_spec.tokenizer_vocab_size,
-                                   corpus=corpus)
-        planner = load_causal_lm(planner_spec.name_or_path, tokenizer=tokenizer, hidden_size=planner_spec.hidden_size,
-                                 num_layers=planner_spec.num_layers, num_heads=planner_spec.num_heads,
-                                 seed=planner_spec.seed)
-    else:
-        tokenizer = load_tokenizer(planner_spec.name_or_path, trust_remote_code=planner_spec.trust_remote_code)
-        planner = load_causal_lm(planner_spec.name_or_path, trust_remote_code=planner_spec.trust_remote_code,
-                                 torch_dtype=planner_spec.torch_dtype)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    corpus = list(task.corpus()) if hasattr(task, "corpus") else [r["prompt"] for r in tasks]
+    tokenizer, planner = load_model(spec.planner, corpus=corpus)  # the corpus trains a tiny planner's tokenizer
     args = ReasoningEditConfig(**{"output_dir": str(generator.run_dir), "seed": recipe.seed, **spec.args})
     trainer = ReasoningEditTrainer(planner, tokenizer, generator, tasks, args, reflector=_reflector(spec.reflector))
     losses: list[float] = []
@@ -246,8 +216,9 @@ def _build_reasoning(recipe, generator: FlowGRPOTrainer, task: Any, records: Seq
     return trainer, losses
 
 
-def _reasoning_eval(trainer: Any, task: Any) -> dict[str, float]:
-    """The whole loop (greedy plans, ODE sampler, one reflection round) on the task's held-out split."""
+def _reasoning_eval(trainer: Any, task: Any, target: str) -> dict[str, float]:
+    """The whole loop (greedy plans, ODE sampler, one reflection round) on the task's held-out split; ``plan_exact``
+    compares greedy plans with the records' reference rewrites (field ``target``) where they have one."""
     try:
         records = task.split("heldout") if task is not None and hasattr(task, "split") else []
     except ValueError:
@@ -256,7 +227,7 @@ def _reasoning_eval(trainer: Any, task: Any) -> dict[str, float]:
         return {}
     result = trainer.evaluate(records, seed=0)
     out = {f"heldout_reasoning/{k.split('/', 1)[1]}": v for k, v in result.items() if k.startswith("rewards/")}
-    exact = [p == r.get("canonical") for p, r in zip(result["plans"], records) if "canonical" in r]
+    exact = [p == r[target] for p, r in zip(result["plans"], records) if target in r]
     if exact:  # tasks with a reference rewrite: how often the greedy plan is exactly it
         out["heldout_reasoning/plan_exact"] = sum(exact) / len(exact)
     out["heldout_reasoning/regenerated_frac"] = result["regenerated"] / len(records)
@@ -280,7 +251,8 @@ class FlowRun:
 
     def evaluate(self) -> dict[str, float]:
         """Held-out reward means: the editor on the raw instruction, and the whole loop when there is one."""
-        loop = _reasoning_eval(self.reasoning, self.task) if self.reasoning is not None else {}
+        spec = self.recipe.stages[0].reasoning
+        loop = _reasoning_eval(self.reasoning, self.task, spec.pretrain_target) if spec is not None else {}
         return {**_heldout_eval(self.trainer, self.task, self.rewards), **loop}
 
 

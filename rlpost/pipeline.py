@@ -97,12 +97,18 @@ def run_recipe(recipe: Recipe) -> dict:
 
 def _load(recipe: Recipe):
     from rlpost.envs import TASKS
-    from rlpost.models import load_causal_lm, load_tokenizer
 
     task = TASKS[recipe.data.task](**recipe.data.task_options) if recipe.data.task else None
-    spec = recipe.model
+    tokenizer, model = load_model(recipe.model, corpus=task.corpus() if task is not None else None)
+    return task, tokenizer, model
+
+
+def load_model(spec, corpus: list[str] | None = None):
+    """``(tokenizer, causal LM)`` for a recipe's model spec (:class:`rlpost.config.ModelSpec`): ``tiny:`` builds a
+    random model with a tokenizer trained on ``corpus``; a folder or hub id loads both (safetensors)."""
+    from rlpost.models import load_causal_lm, load_tokenizer
+
     if spec.name_or_path.startswith("tiny:"):
-        corpus = task.corpus() if task is not None else None
         tokenizer = load_tokenizer(spec.name_or_path, vocab_size=spec.tokenizer_vocab_size, corpus=corpus)
         model = load_causal_lm(
             spec.name_or_path, tokenizer=tokenizer, hidden_size=spec.hidden_size, num_layers=spec.num_layers,
@@ -111,7 +117,7 @@ def _load(recipe: Recipe):
     else:
         tokenizer = load_tokenizer(spec.name_or_path, trust_remote_code=spec.trust_remote_code)
         model = load_causal_lm(spec.name_or_path, trust_remote_code=spec.trust_remote_code, torch_dtype=spec.torch_dtype)
-    return task, tokenizer, model
+    return tokenizer, model
 
 
 def _save_final(model, tokenizer, final_dir: Path, recipe: Recipe) -> None:

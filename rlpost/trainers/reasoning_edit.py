@@ -44,7 +44,6 @@ from rlpost.rewards.judges.parsing import extract_json, extract_yes_no
 from rlpost.trainers.flow_grpo import FlowGRPOTrainer, FlowRollout, reward_batch
 
 __all__ = [
-    "pretrain_planner",
     "DEFAULT_PLAN_PROMPT",
     "DEFAULT_REFLECT_PROMPT",
     "DEFAULT_FEEDBACK",
@@ -53,6 +52,7 @@ __all__ = [
     "ReasoningEditConfig",
     "ReasoningEditTrainer",
     "Reflection",
+    "pretrain_planner",
 ]
 
 # Paraphrases of the released infer_qwen.py prompts (planning: rewrite into a grounded instruction, JSON "Rewrited").
