@@ -33,6 +33,13 @@ def cmd_train(args) -> int:
     from rlpost.pipeline import run_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)  # validates everything before a model loads
+    if any(stage.trainer == "chord" for stage in recipe.stages):
+        from rlpost.envs.chord.recipe import run_chord_recipe
+
+        summary = run_chord_recipe(recipe)
+        print(f"centroid shift (x, y, z): {', '.join(f'{v:+.3f}' for v in summary['centroid_shift'])}")
+        print(f"run directory: {summary['run_dir']}")
+        return 0
     if any(stage.trainer == "flow_grpo" for stage in recipe.stages):
         from accelerate import PartialState
 

@@ -152,11 +152,15 @@ class Recipe:
     stages: list[StageSpec] = field(default_factory=list)
 
 
-TRAINERS = ("sft", "grpo", "flow_grpo")
+TRAINERS = ("sft", "grpo", "flow_grpo", "chord")
 
 
 def trainer_config_class(trainer: str):
     """The config dataclass a stage's ``args`` are checked against."""
+    if trainer == "chord":  # a per-scene optimiser (CHORD), not a trainer of model weights
+        from rlpost.envs.chord import ChordConfig
+
+        return ChordConfig
     from rlpost.trainers import FlowGRPOConfig, GRPOConfig, SFTConfig
 
     classes = {"sft": SFTConfig, "grpo": GRPOConfig, "flow_grpo": FlowGRPOConfig}
@@ -296,7 +300,8 @@ def _validate_recipe(recipe: Recipe) -> None:
 
     if not recipe.stages:
         raise ConfigError("The recipe has no stages: add at least one `stages: - trainer: sft|grpo`.")
-    flow = any(stage.trainer == "flow_grpo" for stage in recipe.stages)  # prompts may sit inline in args.prompts
+    # flow prompts may sit inline in args.prompts; a CHORD stage reads no dataset
+    flow = any(stage.trainer in ("flow_grpo", "chord") for stage in recipe.stages)
     if recipe.data.task is None and not recipe.data.train_files and not flow:
         raise ConfigError("data needs either `task` (a built-in task) or `train_files` (local json/jsonl/csv/parquet).")
     if recipe.data.task is not None:
