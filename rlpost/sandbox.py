@@ -37,17 +37,16 @@ pull in torch): it must stay standard library at import time; ``landlock`` and `
 from __future__ import annotations
 
 import errno
+import functools
 import json
-import logging
 import os
 import resource
 import signal
-import subprocess
 import sys
-import tempfile
-import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+
+# subprocess, tempfile, logging and pathlib are imported where used: a worker loads this file at every start,
+# and their import time would count against each script.
 
 __all__ = [
     "MECHANISMS",
@@ -62,8 +61,6 @@ __all__ = [
     "run_python",
     "system_read_paths",
 ]
-
-logger = logging.getLogger(__name__)
 
 MECHANISMS = ("rlimits", "uid_drop", "no_new_privs", "landlock", "seccomp")
 WEAKER_ENV = "RLPOST_SANDBOX_ALLOW_WEAKER"
@@ -119,6 +116,9 @@ class SandboxPolicy:
             their own status; nothing of other processes is readable).
         sys_path: directories appended to ``sys.path`` before ``landlock``/``pyseccomp`` are imported (a worker
             started with ``-S`` has no site-packages); default: where this interpreter finds them.
+        libraries: ``{"c": ..., "seccomp": ...}`` shared-library names for ``pyseccomp``, resolved once in the
+            parent (default): at import it calls ``ctypes.util.find_library``, which runs ``ldconfig -p`` in a
+            subprocess, twice per worker start otherwise.
         allow_weaker: skip (and report) mechanisms this host lacks instead of refusing (default False; the
             ``RLPOST_SANDBOX_ALLOW_WEAKER=1`` environment variable does the same).
         mechanisms: the mechanisms to apply (default all of :data:`MECHANISMS`); leaving one out is an explicit,
@@ -138,6 +138,7 @@ class SandboxPolicy:
     uid: int | None = None
     allow_proc_self: bool = True
     sys_path: list[str] = field(default_factory=lambda: _package_dirs())
+    libraries: dict[str, str] = field(default_factory=lambda: dict(_libraries()))
     allow_weaker: bool = False
     mechanisms: list[str] = field(default_factory=lambda: list(MECHANISMS))
 
@@ -161,7 +162,23 @@ class SandboxPolicy:
         return self.allow_weaker or os.environ.get(WEAKER_ENV, "") not in ("", "0")
 
 
+@functools.lru_cache(maxsize=1)
+def _libraries() -> tuple[tuple[str, str], ...]:
+    import ctypes.util
+
+    return tuple((name, path) for name in ("c", "seccomp") if (path := ctypes.util.find_library(name)))
+
+
+@functools.lru_cache(maxsize=1)
+def _package_dirs_cached() -> tuple[str, ...]:
+    return tuple(_find_package_dirs())
+
+
 def _package_dirs() -> list[str]:
+    return list(_package_dirs_cached())
+
+
+def _find_package_dirs() -> list[str]:
     """Directories that hold ``landlock`` and ``pyseccomp`` for this interpreter."""
     import importlib.util
 
@@ -172,8 +189,8 @@ def _package_dirs() -> list[str]:
         except (ImportError, ValueError):
             spec = None
         if spec is not None and spec.origin:
-            origin = Path(spec.origin).resolve()
-            d = str(origin.parent.parent if origin.name == "__init__.py" else origin.parent)
+            origin = os.path.realpath(spec.origin)
+            d = os.path.dirname(os.path.dirname(origin) if origin.endswith("__init__.py") else origin)
             if d not in dirs:
                 dirs.append(d)
     return dirs
@@ -213,6 +230,15 @@ def _import(name: str, policy: SandboxPolicy):
     for d in policy.sys_path:
         if d not in sys.path:
             sys.path.append(d)
+    if name == "pyseccomp" and name not in sys.modules and policy.libraries:
+        import ctypes.util
+
+        real = ctypes.util.find_library
+        ctypes.util.find_library = lambda lib: policy.libraries.get(lib) or real(lib)
+        try:
+            return __import__(name)
+        finally:
+            ctypes.util.find_library = real
     return __import__(name)
 
 
@@ -386,7 +412,9 @@ def enter(policy: SandboxPolicy | dict) -> dict:
     if missing and not policy.weaker_allowed:
         raise SandboxUnavailable(missing)
     for name, why in missing.items():
-        logger.warning("sandbox: %s is NOT enforced (%s); running in the weaker mode that was asked for", name, why)
+        import logging
+
+        logging.getLogger(__name__).warning("sandbox: %s is NOT enforced (%s); running in the weaker mode that was asked for", name, why)
     report = {"enforced": [], "skipped": dict(missing), "uid": None}
     for name in MECHANISMS:
         if name not in policy.mechanisms:
@@ -459,6 +487,10 @@ def run_python(code: str, policy: SandboxPolicy | None = None, *, timeout_s: flo
     no ``policy``, a temporary work dir is made (and removed) and the interpreter's own paths are readable.
     Raises :class:`SandboxUnavailable` (before running anything) when the policy cannot be enforced here.
     """
+    import shutil
+    import subprocess
+    import tempfile
+    import time
     own_dir = None
     if policy is None:
         own_dir = tempfile.mkdtemp(prefix="rlpost_sbx_")
@@ -498,8 +530,6 @@ def run_python(code: str, policy: SandboxPolicy | None = None, *, timeout_s: flo
                              err.decode(errors="replace")[:max_output_chars], time.monotonic() - t0,
                              timed_out, report)
     finally:
-        import shutil
-
         shutil.rmtree(ctl, ignore_errors=True)
         if own_dir is not None:
             shutil.rmtree(own_dir, ignore_errors=True)
@@ -542,6 +572,9 @@ def check(policy: SandboxPolicy | None = None, *, probe: bool = True) -> dict:
 
     ``python -m rlpost.sandbox`` prints it.
     """
+    import shutil
+    import tempfile
+    from pathlib import Path
     base = policy or SandboxPolicy(work_dir=tempfile.gettempdir())
     missing = missing_mechanisms(base)
     report = {"mechanisms": {m: missing.get(m, "available") for m in MECHANISMS},
@@ -550,8 +583,6 @@ def check(policy: SandboxPolicy | None = None, *, probe: bool = True) -> dict:
     if not report["root"]:
         report["mechanisms"]["uid_drop"] = "not needed: not root"
     if probe:
-        import shutil
-
         outside = tempfile.mkdtemp(prefix="rlpost_probe_outside_")
         work = tempfile.mkdtemp(prefix="rlpost_probe_work_")
         try:
