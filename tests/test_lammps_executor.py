@@ -33,6 +33,11 @@ def ex(tmp_path_factory):
 def test_melt_thermo_from_first_principles(ex):
     r = ex.run(MELT)
     assert (r.ok, r.stage, r.error, r.returncode) == (True, "ok", None, 0)
+    # dynamics from the LAMMPS API: one run of 50 steps, its end-of-run thermo equal to the log's last row
+    assert (r.n_runs, r.steps, r.final_step, r.moved) == (1, 50, 50, True)
+    assert [run["command"] for run in r.runs] == ["run"] and r.runs[0]["natoms"] == 256
+    for name, value in r.runs[0]["thermo"].items():
+        close(value, r.thermo[name][-1], rel=1e-6)  # the log prints 8 significant digits
     assert r.natoms == 256  # 4x4x4 fcc cells x 4 atoms
     assert r.thermo["Step"] == [0.0, 10.0, 20.0, 30.0, 40.0, 50.0]
     # 'velocity create 3.0' scales to exactly T=3 at step 0
@@ -201,18 +206,23 @@ def test_variable_file_names_are_checked_after_substitution(tmp_path):
     outside.mkdir()
     named = MELT + "variable name string melt\nwrite_data data.${name}.txt\n"
     escape = MELT + f"variable p string /\nwrite_data ${{p}}{str(outside).lstrip('/')}/x.data\n"
-    strict = LammpsExecutor(timeout_s=20, memory_mb=1024)
-    r = strict.run(named)  # issue 6 default: variable file names are rejected up front
+    strict = LammpsExecutor(timeout_s=20, memory_mb=1024, allow_variable_paths=False)
+    r = strict.run(named)  # the option issue 6 asked for: variable file names rejected up front
     assert (r.stage, r.failed_line) == ("rejected", 18) and "allow_variable_paths" in r.error
-    loose = LammpsExecutor(timeout_s=20, memory_mb=1024, allow_variable_paths=True,
-                           workdir_root=tmp_path / "runs")
+    # default with Landlock enforced (issue 12): checked after substitution, contained by the kernel
+    loose = LammpsExecutor(timeout_s=20, memory_mb=1024, workdir_root=tmp_path / "runs")
+    assert loose.allow_variable_paths
     r = loose.run(named, keep_workdir=True)
     assert r.ok, r.error
     assert (Path(r.workdir) / "data.melt.txt").is_file()
-    # '${p}...' passes the static pass; substituted it is '/<outside>/x.data'
+    # a bare '/' is refused up front now; '..' assembled from variables passes the static pass and is refused
+    # after substitution (the kernel would contain it either way: test_lammps_security)
     r = loose.run(escape)
+    assert (r.stage, r.failed_line) == ("rejected", 17) and "absolute path" in r.error
+    rel = os.path.relpath(outside, tmp_path / "runs" / "lmp_xxxxxxxx" / "work").replace("..", "${a}${a}")
+    r = loose.run(MELT + f"variable a string .\nwrite_data {rel}/x.data\n")
     assert (r.stage, r.failed_line) == ("run", 18)
-    assert "rejected at run time" in r.error and "absolute path" in r.error
+    assert "rejected at run time" in r.error and "'..'" in r.error
     assert os.listdir(outside) == []
 
 

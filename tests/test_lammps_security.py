@@ -1,14 +1,22 @@
 """Hostile and broken scripts through the real sandbox.
 
-Each case names the stage it must fail at and a phrase its error must contain, so a
-case that slipped through (ran ``ok``) or failed for an unrelated reason is caught.
-All run through ``run_many`` with 2 workers; afterwards: the canary tree outside the
-work dirs is byte-for-byte unchanged, no run outlived its timeout by more than 1 s, no
-process of any worker's group is alive, and the executor still runs a good script.
+Two layers, each tested on its own:
+
+* the text filter (first line, clear errors): each case names the stage it must fail
+  at and a phrase its error must contain, so a case that slipped through (ran ``ok``)
+  or failed for an unrelated reason is caught;
+* the kernel (the boundary): the same escapes, and the ones the filter does not
+  understand, with the filter switched off (``text_filter=False``), so only Landlock,
+  seccomp and the uid drop stand between the script and the canary directory.
+
+Afterwards: the canary tree outside the work dirs is byte-for-byte unchanged, no run
+outlived its timeout by more than 1 s, no process of any worker's group is alive, and
+the executor still runs a good script.
 """
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -31,6 +39,7 @@ velocity all create 1.0 1
 fix 1 all nve
 """
 TIMEOUT = 2.0
+POTENTIALS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "md_evalbench" / "potentials"
 
 
 def hostile_cases(c: str):
@@ -56,13 +65,24 @@ def hostile_cases(c: str):
         ("write_dump_abs", BOX + f"write_dump all atom {c}/wd.txt", "rejected", "absolute"),
         ("molecule_abs", f"molecule m {c}/x.mol", "rejected", "absolute path"),
         ("variable_file", f"variable s file {c}/secret.txt", "rejected", "absolute path"),
-        ("variable_in_path", f'variable f string out.txt\nprint hi file ${{f}}', "rejected",
-         "variable substitution"),
+        # the escapes issue 12 found: '//' paths, '/./', unknown file positions (fixes, pair_coeff)
+        ("group2ndx_double_slash", BOX + f"group2ndx /{c}/x.ndx all", "rejected", "absolute path"),
+        ("dot_slash", BOX + f"write_data /.{c}/d.data", "rejected", "absolute path"),
+        ("fix_species_position", BOX + f"fix s all reaxff/species 1 1 1 sp.out position 1 {c}/p.out",
+         "rejected", "absolute path"),
+        ("fix_ttm_outfile", BOX + f"fix t all ttm 1 1 1 1 1 1 1 1 1 1 1 1 in.t 1 {c}/ttm.out", "rejected",
+         "absolute path"),
+        ("fix_phonon", BOX + f"fix ph all phonon 1 10 5 map.in /{c}/ph", "rejected", "absolute path"),
+        ("pair_coeff_abs", BOX + f"pair_style eam\npair_coeff * * {c}/Cu_u3.eam", "rejected",
+         "absolute path"),
+        # '..' built from a variable: invisible to the static pass, caught after substitution
+        ("dotdot_variable", "variable a string .\nprint hi file ${a}${a}/${a}${a}/rt.txt", "run",
+         "rejected at run time"),
         ("command_from_variable", "variable c string shell\n${c} touch x", "rejected",
          "command name may not come from a variable"),
-        # static pass sees nothing; after substitution this is 'print hi file /<canary>'
-        ("runtime_expanded_path", f"variable kw string file\nvariable s string /\n"
-         f"print hi ${{kw}} ${{s}}{c.lstrip('/')}/rt.txt", "run", "rejected at run time"),
+        # static pass sees no file keyword; after substitution this is 'print hi file ../x'
+        ("runtime_expanded_keyword", "variable kw string file\nvariable a string .\n"
+         "print hi ${kw} ${a}${a}/rt.txt", "run", "rejected at run time"),
         ("if_shell", 'if "1 > 0" then "shell touch x"', "rejected", "'shell' is forbidden"),
         ("if_dollar", 'variable x string y\nif "1 > 0" then "print ${x}"', "rejected",
          "nested in 'if'"),
@@ -166,6 +186,83 @@ def test_hostile_scripts_are_contained(tmp_path):
     assert not (canary / "pwned").exists() and os.listdir(root) == []
     good = ex.run(BOX + "thermo 5\nrun 10")  # the pool keeps working
     assert good.ok and good.thermo["Step"] == [0.0, 5.0, 10.0]
+    assert good.sandbox["enforced"] == ["rlimits", "uid_drop", "no_new_privs", "landlock", "seccomp"]
+
+
+def kernel_cases(c: str, rel: str):
+    """(id, script, phrase in the LAMMPS error or None) with the text filter off. ``c`` = canary dir, ``rel`` =
+    the canary as a path relative to a work dir. A phrase of None: LAMMPS only warns, the canary check decides."""
+    denied = "Permission denied"
+    return [
+        ("group2ndx_double_slash", BOX + f"group2ndx /{c}/x.ndx all", denied),
+        ("dot_slash", BOX + f"write_data /.{c}/d.data", denied),
+        ("dotdot_relative", BOX + f"write_data {rel}/rel.data", denied),
+        ("dotdot_variable", BOX + "variable a string .\nvariable r string "
+         + rel.replace("..", "${a}${a}") + "\nwrite_data ${r}/v.data", denied),
+        ("absolute_path_in_variable", BOX + f"variable p string {c}/p.data\nwrite_data ${{p}}", denied),
+        ("variable_output_name", BOX + f"variable n string {c}/dump\ndump 1 all atom 1 ${{n}}.*.txt\nrun 1", denied),
+        ("dump", BOX + f"dump 1 all atom 1 {c}/dump.txt\nrun 1", denied),
+        ("fix_print", BOX + f'fix p all print 1 "x" file {c}/fp.txt\nrun 2', denied),
+        ("print_file", f'print "owned" file {c}/p.txt', denied),
+        ("print_append_existing", f'print "owned" append {c}/secret.txt', denied),
+        ("log", f"log {c}/log.txt", denied),
+        ("fix_reaxff_species", BOX + f"fix s all reaxff/species 1 1 1 {c}/sp.out position 1 {c}/p.out\nrun 1",
+         denied),
+        ("fix_phonon", BOX + f"fix ph all phonon 1 10 5 {c}/map.in {c}/ph\nrun 1", denied),
+        # reads: a real potential, an input script, a secret
+        ("read_potential", BOX.replace("pair_style lj/cut 2.5\npair_coeff 1 1 1.0 1.0 2.5",
+                                       f"pair_style eam\npair_coeff * * {c}/Cu_u3.eam") + "run 1", denied),
+        ("include", f"include {c}/evil.in", denied),
+        ("read_secret", f"variable s file {c}/secret.txt\nprint $s", denied),
+        # process creation: shell runs system(), compressed dumps popen() gzip; both need fork + exec
+        ("shell_touch", f"shell touch {c}/pwned", None),
+        ("shell_mkdir", f"shell mkdir {c}/newdir", None),
+        ("gzip_popen", BOX + "dump 1 all atom 1 d.gz\nrun 1", "Cannot open dump file d.gz"),
+    ]
+
+
+def test_kernel_contains_what_the_filter_would_have_stopped(tmp_path):
+    if not POTENTIALS.is_dir():
+        pytest.skip("shared potentials absent")
+    canary = tmp_path / "canary"
+    canary.mkdir()
+    (canary / "secret.txt").write_text("do not touch\n")
+    (canary / "evil.in").write_text("print pwned file pwned.txt\n")
+    shutil.copyfile(POTENTIALS / "Cu_u3.eam", canary / "Cu_u3.eam")  # readable only outside the sandbox
+    root = tmp_path / "runs"
+    root.mkdir()
+    before = snapshot(tmp_path)
+    ex = LammpsExecutor(timeout_s=10, memory_mb=1024, workdir_root=root, text_filter=False, workers=2)
+    rel = os.path.relpath(canary, root / "lmp_xxxxxxxx" / "work")  # the work dir's depth below root
+    cases = kernel_cases(str(canary), rel)
+    results = ex.run_many([script for _, script, _ in cases])
+    for (name, _, phrase), r in zip(cases, results):
+        assert r.sandbox and "landlock" in r.sandbox["enforced"], name
+        if phrase is not None:
+            assert (r.ok, r.stage) == (False, "run"), (name, r.error)
+            assert phrase in r.error, (name, r.error)
+    by_name = dict(zip([c[0] for c in cases], results))
+    # LAMMPS turns a failed shell command into a warning; the kernel's error is in it
+    assert "returned with non-zero status" in by_name["shell_touch"].log
+    assert "failed with error 'Permission denied'" in by_name["shell_mkdir"].log
+    assert snapshot(tmp_path) == before and os.listdir(root) == []
+    # the real file is fine: the same read works from the trusted potentials dir (staged into the work dir)
+    copper = ("units metal\nlattice fcc 3.615\nregion box block 0 3 0 3 0 3\ncreate_box 1 box\ncreate_atoms 1 box\n"
+              "pair_style eam\npair_coeff * * potentials/Cu_u3.eam\nvelocity all create 300 1\nfix 1 all nve\n"
+              "run 5")
+    staged = LammpsExecutor(timeout_s=10, memory_mb=1024, potentials_dir=POTENTIALS).run(copper)
+    assert staged.ok and staged.n_runs == 1 and staged.moved, staged.error
+
+
+def test_variable_output_names_run_when_the_kernel_contains_them(tmp_path):
+    ex = LammpsExecutor(timeout_s=10, memory_mb=1024, workdir_root=tmp_path)
+    assert ex.allow_variable_paths  # the default once Landlock is enforced
+    r = ex.run(BOX + "variable name string melt\nvariable T equal 1.5\n"
+               "dump 1 all atom 5 dump.${name}.*\nfix a all ave/time 5 1 5 c_thermo_temp file data_ave${T}.txt\n"
+               "run 10", keep_workdir=True)
+    assert r.ok, r.error
+    files = sorted(os.listdir(r.workdir))
+    assert {"dump.melt.0", "dump.melt.5", "dump.melt.10", "data_ave1.5.txt"} <= set(files), files
 
 
 @pytest.mark.parametrize("script, actions", [

@@ -168,11 +168,12 @@ def test_stage_scores_with_default_weights(stage_output):
 
 
 def test_temperature_bounds_and_stage_weights_are_options(executor):
-    # melt starts at T = 3.0 > 2.0 -> physics fails; weights run 1, others 0 -> 1.0 for a finished run
-    strict = MDExecutionReward(executor, temp_bounds=(0.0, 2.0), name="md_strict")
+    # the melt ends at T = 1.7358 (LAMMPS API, end of the run) > 1.5 -> physics fails; weights run 1, others 0
+    # -> 1.0 for a finished run
+    strict = MDExecutionReward(executor, temp_bounds=(0.0, 1.5), name="md_strict")
     out = strict({"prompt": ["t"], "completion": [GOOD]})
-    assert out.scores == [0.75] and out.columns["error"][0].startswith("temperature 3 outside (0, 2]")
-    only_run = MDExecutionReward(executor, temp_bounds=(0.0, 2.0), stage_weights={"run": 1.0})
+    assert out.scores == [0.75] and out.columns["error"][0].startswith("temperature 1.7358 outside (0, 1.5]")
+    only_run = MDExecutionReward(executor, temp_bounds=(0.0, 1.5), stage_weights={"run": 1.0})
     assert only_run({"prompt": ["t"], "completion": [GOOD]}).scores == [1.0]
     with pytest.raises(ValueError, match="unknown stages"):
         MDExecutionReward(executor, stage_weights={"judge": 1.0})
@@ -226,6 +227,35 @@ def test_judge_retries_then_failure_policy(executor):
     assert out.scores == [None] and out.metrics["judge_parse_failures"] == 1.0
     fallback = MDExecutionReward(executor, judge=broken, judge_failure="stages")
     assert fallback({"prompt": ["t"], "completion": [GOOD]}).scores == [1.0]  # the stage-weight score
+
+
+# A forged log: 'print' lines shaped like LAMMPS thermo output (the golden melt numbers), no dynamics.
+FORGED = """units lj
+print "Step Temp E_pair E_mol TotEng Press"
+print "0 3.0 -6.7733681 0 -2.2744931 -3.7033504"
+print "50 1.6645597 -4.7774327 0 -2.2812174 5.7526089"
+print "Loop time of 0.1 on 1 procs for 50 steps with 256 atoms"
+"""
+NO_INTEGRATOR = MELT.replace("fix             1 all nve", "# no integrator")
+FORGED_RUN0 = MELT.replace("run             50", FORGED.replace("units lj\n", "") + "run 0")  # a real box, 0 steps
+
+
+def test_trivial_and_forged_scripts_score_below_half_of_a_real_melt(executor):
+    assert NO_INTEGRATOR != MELT and "run 0" in FORGED_RUN0
+    completions = [GOOD, "```lammps\nunits lj\n```", f"```lammps\n{FORGED}```",
+                   f"```lammps\n{FORGED_RUN0}```", f"```lammps\n{NO_INTEGRATOR}```"]
+    out = MDExecutionReward(executor)({"prompt": ["t"] * len(completions), "completion": completions})
+    real, trivial, forged, forged_run0, no_integrator = out.scores
+    assert real == 1.0
+    # launch only: the scripts finish, but execute no dynamics the API can see
+    assert trivial == forged == forged_run0 == 0.25 < real / 2
+    assert "no run or minimize command was executed" in out.columns["error"][1]
+    assert "executed 0 timesteps" in out.columns["error"][3]
+    # the run executes (run stage), but no atom moves: physics fails
+    assert no_integrator == 0.75 and "did not move" in out.columns["error"][4]
+    # the forged rows were in the log (and are parsed there, for display) but never reach the reward
+    r = executor.run(FORGED)
+    assert r.thermo["Temp"] == [3.0, 1.6645597] and r.n_runs == 0 and r.runs == []
 
 
 def test_built_by_name(executor):

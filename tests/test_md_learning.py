@@ -82,11 +82,14 @@ class _FakeExecutor:
         return future
 
 
-def _result(ok, stage, temps=(), error=None):
+def _result(ok, stage, temps=(), error=None, moved=True, steps=10):
+    """A LammpsResult as the worker reports it: one API record per executed run, ending at each of ``temps``."""
     from rlpost.rewards.lammps import LammpsResult
 
-    thermo = {"Step": [10.0 * i for i in range(len(temps))], "Temp": list(temps)} if temps else {}
-    return LammpsResult(ok, stage, error=error, thermo=thermo)
+    runs = [{"command": "run", "line": 2, "step_start": steps * i, "step_end": steps * (i + 1), "natoms": 108,
+             "thermo": {"Step": steps * (i + 1), "Temp": t}} for i, t in enumerate(temps)]
+    return LammpsResult(ok, stage, error=error, runs=runs, n_runs=len(runs), steps=steps * len(runs),
+                        moved=moved and bool(runs))
 
 
 def test_reward_edge_cases():
@@ -94,8 +97,9 @@ def test_reward_edge_cases():
 
     cases = {  # completion line -> (LAMMPS result, stages score, binary score)
         "good": (_result(True, "ok", (1.5, 1.2, 0.9)), 1.0, 1.0),  # 0.25 + 0.5 + 0.25
-        "no_fix": (_result(True, "ok", (1.5, 1.5, 1.5)), 0.75, 0.0),  # T constant: dynamics check fails physics
-        "one_row": (_result(True, "ok", (1.5,)), 0.75, 0.0),  # no MD step ran
+        "no_fix": (_result(True, "ok", (1.5, 1.5), moved=False), 0.75, 0.0),  # ran, no atom moved: physics fails
+        "zero_steps": (_result(True, "ok", (1.5,), steps=0), 0.25, 0.0),  # 'run 0': no dynamics, run stage fails
+        "no_run": (_result(True, "ok", ()), 0.25, 0.0),  # no run command at all
         "hot": (_result(True, "ok", (1.5, 2e5)), 0.75, 0.0),  # T above the 1e5 bound
         "crash_late": (_result(False, "run", (1.5, 1.2), "ERROR: Lost atoms"), 0.25, 0.0),  # launched, not finished
         "crash_early": (_result(False, "run", (), "ERROR: Illegal fix command"), 0.0, 0.0),
@@ -107,13 +111,14 @@ def test_reward_edge_cases():
     out = LammpsFillReward(executor)(batch)
     assert out.scores == [v[1] for v in cases.values()] + [0.0, 0.0]  # empty completions: 0, never run
     assert len(executor.ran) == len(cases)
-    # success over the 8 samples that ran or were empty (infra excluded): only "good"
-    assert out.metrics["success_rate"] == pytest.approx(1 / 8, abs=1e-12)
-    assert out.columns["success"] == [1, 0, 0, 0, 0, 0, 0, 0, 0]
+    # success over the 9 samples that ran or were empty (infra excluded): only "good"
+    assert out.metrics["success_rate"] == pytest.approx(1 / 9, abs=1e-12)
+    assert out.columns["success"] == [1, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    assert "did not move" in out.columns["error"][1] and "0 timesteps" in out.columns["error"][2]
     binary = LammpsFillReward(_FakeExecutor({k: v[0] for k, v in cases.items()}), score="binary")(batch)
     assert binary.scores == [v[2] for v in cases.values()] + [0.0, 0.0]
     lenient = LammpsFillReward(_FakeExecutor({k: v[0] for k, v in cases.items()}), require_dynamics=False)(batch)
-    assert lenient.scores[1:3] == [1.0, 1.0]  # without the dynamics check no_fix and one_row pass physics
+    assert lenient.scores[1:4] == [1.0, 1.0, 1.0]  # without the dynamics rule these pass run and physics
     with pytest.raises(ValueError, match="score"):
         LammpsFillReward(executor, score="exact")
 

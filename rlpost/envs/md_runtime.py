@@ -12,8 +12,9 @@ potentials  every potential file named by ``pair_style``/``pair_coeff``/``*_coef
             ``potentials_dir``; a missing one is reported with the nearest local names (never downloaded)
 syntax      the sandbox's static pass accepts the script (``syntax_check="static"``, default), or LAMMPS itself ran it
             for ``syntax_timeout_s`` without an error (``"lammps"``: MDAgent2's "TOOL" mode, a timeout counts as OK)
-run         :class:`rlpost.rewards.lammps.LammpsExecutor` ran the whole script without error, limit or timeout
-physics     finite thermo, temperature in bounds, no lost atoms (:func:`rlpost.rewards.md_execution.physics_report`)
+run         :class:`rlpost.rewards.lammps.LammpsExecutor` ran the whole script without error, limit or timeout and
+            executed dynamics (:func:`rlpost.rewards.md_execution.score_stages`, the rule of every MD reward)
+physics     atoms moved, finite end-of-run thermo (LAMMPS API), temperature in bounds, no lost atoms
 judge       optional: a judge filled MDAgent2's rubric and ``reward >= pass_reward``
 ==========  ==========================================================================================================
 
@@ -49,12 +50,13 @@ from typing import Any, Callable, Mapping, Sequence
 
 from rlpost.rewards._lammps_sanitize import command_words, static_check
 from rlpost.rewards.extract import find_script
+from rlpost.rewards.lammps import api_thermo
 from rlpost.rewards.md_execution import (
     DEFAULT_JUDGE_TEMPLATE,
     DEFAULT_STAGE_WEIGHTS,
     result_summary,
     parse_rubric,
-    physics_report,
+    score_stages,
 )
 
 __all__ = [
@@ -330,13 +332,13 @@ class Trajectory:
 
 
 def _run_summary(result: Any, tail_rows: int = 3) -> dict[str, Any]:
-    """What a trajectory keeps of a LammpsResult: status and error, atom count, the last thermo rows."""
-    thermo = {}
-    for name, values in (result.thermo or {}).items():
-        thermo[name] = values[-tail_rows:]
+    """What a trajectory keeps of a LammpsResult: status and error, atom count, executed runs and the end-of-run
+    thermo values of the last runs (from the LAMMPS API, not the log)."""
+    thermo = {name: values[-tail_rows:] for name, values in api_thermo(result.runs).items()}
     return {"ok": result.ok, "stage": result.stage, "error": result.error, "failed_line": result.failed_line,
             "natoms": result.natoms, "wall_s": round(result.wall_s, 3), "timed_out": result.timed_out,
-            "warnings": list(result.warnings), "thermo_tail": thermo}
+            "warnings": list(result.warnings), "n_runs": result.n_runs, "steps": result.steps,
+            "thermo_tail": thermo}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -515,14 +517,13 @@ class MDRuntimeEnv:
                                script=script, result=_run_summary(result))
         summary = _run_summary(result)
         weights = DEFAULT_STAGE_WEIGHTS
-        launched = result.ok or bool(result.thermo)
-        if not result.ok:
-            where = f" (script line {result.failed_line})" if result.failed_line is not None else ""
-            reward = weights["launch"] if launched else 0.0
-            return RoundRecord(index, "run", reward, error=f"{result.error or result.stage}{where}", passed=passed,
-                               script=script, result=summary)
+        stages = score_stages(result, script, temp_bounds=self.temp_bounds)  # md_execution's rule
+        if not stages["run"]:
+            reward = weights["launch"] if stages["launch"] else 0.0
+            return RoundRecord(index, "run", reward, error=stages["error"], passed=passed, script=script,
+                               result=summary)
         passed.append("run")
-        report = physics_report(result.thermo, result.log, script, self.temp_bounds)
+        report = stages["report"]
         reward = weights["launch"] + weights["run"] + (weights["physics"] if report.ok else 0.0)
         record = RoundRecord(index, "physics", reward, error="; ".join(report.problems), passed=passed,
                              script=script, physics_problems=list(report.problems), result=summary)

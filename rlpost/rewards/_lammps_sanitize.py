@@ -192,7 +192,8 @@ _FORBIDDEN_COMMANDS = {
 _FORBIDDEN_STYLE_PREFIXES = ("python", "mdi", "imd", "ipi", "client", "kim", "plumed")
 _COMPRESSED = (".gz", ".bz2", ".zst", ".xz", ".lzma", ".lz4")
 _SAFE_PATH = re.compile(r"^[A-Za-z0-9_.\-+=,@%*/]+$")
-_ABS_OR_PARENT = re.compile(r"(^/[A-Za-z0-9_.~-])|(^~)|((^|/)\.\.(/|$))")
+# any leading '/' ('//tmp/x' and '/./tmp/x' too), a leading '~', or a '..' component
+_ABS_OR_PARENT = re.compile(r"(^/)|(^~)|((^|/)\.\.(/|$))")
 _FILE_KEYWORDS = {"file", "append", "out", "overwrite", "infile", "outfile"}
 RESERVED_OUTPUTS = {"log.lammps"}
 # word index of positional output files of fixes ('fix ID group style ...')
@@ -259,6 +260,7 @@ class _Ctx:
     out: Sanitized
     allow_variable_paths: bool = False
     jump_files_as_self: bool = False
+    text_filter: bool = True
 
 
 def _read(ctx: _Ctx, token: str, line: int, what: str = "input file") -> str | None:
@@ -336,9 +338,25 @@ def _check_minimize(ctx: _Ctx, words: list[str], line: int, text: str) -> str:
     return text
 
 
+def _emulated_only(ctx: _Ctx, words: list[str], text: str, line: int) -> Command:
+    """``text_filter=False``: only what the worker must emulate (loops, ``quit``); LAMMPS gets the rest as is."""
+    name = _unquote(words[0])
+    if name == "label" and len(words) == 2:
+        return Command(line, text, "label", _unquote(words[1]))
+    if name == "jump" and len(words) >= 2 and _unquote(words[1]) == "SELF":
+        return Command(line, text, "jump", _unquote(words[2]) if len(words) > 2 else None)
+    if name == "next":
+        return Command(line, text, "next", [_unquote(w) for w in words[1:]])
+    if name == "quit":
+        return Command(line, text, "quit")
+    return Command(line, text)
+
+
 def _sanitize_command(ctx: _Ctx, text: str, line: int) -> Command:
     words = split_words(text)
     name = words[0]
+    if not ctx.text_filter:
+        return _emulated_only(ctx, words, text, line)
     if "$" in name:
         _fail("the command name may not come from a variable", line)
     if name in _FORBIDDEN_COMMANDS:
@@ -456,7 +474,7 @@ def sanitize(script: str, *, work_dir: str | None = None,
              potentials: dict[str, str] | None = None,
              max_run_steps: int | None = None, cap_run_steps: bool = False,
              allow_variable_paths: bool = False, jump_files_as_self: bool = False,
-             max_include_depth: int = 4) -> Sanitized:
+             max_include_depth: int = 4, text_filter: bool = True) -> Sanitized:
     """Check a whole script and return the commands the worker should execute.
 
     ``potentials`` maps the names a script may use (``Cu_u3.eam`` and
@@ -467,11 +485,12 @@ def sanitize(script: str, *, work_dir: str | None = None,
     such names are never staged and their directories are not pre-created.
     ``jump_files_as_self`` (default False) reads ``jump FILE [label]`` as ``jump SELF
     [label]``: scripts written as ``in.x`` often jump to their own file name, which
-    the sandbox cannot know. Raises
-    :class:`ScriptRejected` with the offending line on the first violation.
+    the sandbox cannot know. ``text_filter=False`` checks nothing and passes every
+    command except the loop emulation to LAMMPS (to test the kernel boundary alone).
+    Raises :class:`ScriptRejected` with the offending line on the first violation.
     """
     ctx = _Ctx(work_dir, dict(potentials or {}), max_run_steps, cap_run_steps,
-               Sanitized(commands=[]), allow_variable_paths, jump_files_as_self)
+               Sanitized(commands=[]), allow_variable_paths, jump_files_as_self, text_filter)
     if not script or not script.strip():
         raise ScriptRejected("script is empty")
     _sanitize_into(ctx, script, "script", max_include_depth)

