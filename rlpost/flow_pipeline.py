@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from rlpost.models.flow import get_flow_adapter
+from rlpost.recipe_runner import build_task, flow_stage_config
 from rlpost.rewards import RewardModule, build_rewards
 from rlpost.trainers.flow_grpo import FlowGRPOConfig, FlowGRPOTrainer, reward_batch
 
@@ -31,36 +32,21 @@ def load_flow_recipe(path: str | Path, overrides: Sequence[str] | None = None):
     """Read and validate a flow recipe (rlpost's recipe layout with one ``flow_grpo`` stage) into
     ``(Recipe, FlowGRPOConfig)``; :func:`rlpost.config.load_recipe` checks every key and coerces the stage ``args``
     and ``reasoning.args`` to their dataclass field types."""
-    from rlpost.config import ConfigError, load_recipe
+    from rlpost.config import load_recipe
+
+    from rlpost.recipe_check import check_recipe
 
     recipe = load_recipe(path, list(overrides or []))
-    if len(recipe.stages) != 1 or recipe.stages[0].trainer != "flow_grpo":
-        raise ConfigError(f"{path}: a flow recipe has exactly one stage with `trainer: flow_grpo`.")
-    kwargs = dict(recipe.stages[0].args)
-    kwargs.setdefault("output_dir", recipe.output_dir)
-    kwargs.setdefault("seed", recipe.seed)
-    kwargs.setdefault("report_to", "none" if recipe.tracking.wandb == "disabled" else "wandb")
+    check_recipe(recipe)  # the validation pass every recipe gets: rewards, advantage, config, resume
     if recipe.tracking.wandb == "online":
         os.environ.setdefault("WANDB_MODE", "online")  # an explicit WANDB_MODE still wins (rlpost.logging)
-    try:
-        return recipe, FlowGRPOConfig(**kwargs)
-    except ValueError as error:
-        raise ConfigError(f"{path}: {error}") from error
+    return recipe, flow_stage_config(recipe)
 
 
 def _recipe_rewards(recipe) -> list[RewardModule]:
     """The stage's reward modules; ``options.name`` renames an instance (two ``checklist`` rewards with different
     question prompts need distinct names for their metrics and UCPG columns)."""
     return build_rewards(recipe.stages[0].rewards)
-
-
-def _recipe_task(recipe):
-    """The recipe's built-in task (``data.task`` with ``data.task_options``), or None."""
-    if recipe.data.task is None:
-        return None
-    from rlpost.envs import TASKS
-
-    return TASKS[recipe.data.task](**recipe.data.task_options)
 
 
 def _recipe_prompts(recipe, args: FlowGRPOConfig, task: Any = None) -> list[str | dict[str, Any]]:
@@ -287,7 +273,7 @@ def build_flow_run(path: str | Path, overrides: Sequence[str] | None = None) -> 
                                       num_layers=spec.num_layers, num_heads=spec.num_heads)
     else:
         model = load_flow_transformer(spec.name_or_path, kind=kind, torch_dtype=spec.torch_dtype)
-    task = _recipe_task(recipe)
+    task = build_task(recipe)
     prompts = _recipe_prompts(recipe, args, task)
     image_encoder = None
     if kind == "qwen_image_edit":
