@@ -33,7 +33,7 @@ from rlpost.algorithms.advantages import (
 )
 from rlpost.rewards import RewardModule, to_trl, validate_fields
 
-__all__ = ["GRPOConfig", "GRPOTrainer", "resolve_advantage"]
+__all__ = ["GRPOConfig", "GRPOTrainer", "dataset_columns", "resolve_advantage"]
 
 # Fields the trainer itself hands to every reward function, beyond the dataset's columns.
 TRAINER_FIELDS = ("prompt", "completion", "completion_ids", "group_id")
@@ -160,14 +160,14 @@ class GRPOTrainer(trl.GRPOTrainer):
         _check_dataset(train_dataset, "train_dataset")
         reward_funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
         modules = [f for f in reward_funcs if isinstance(f, RewardModule)]
-        if modules and train_dataset is not None and hasattr(train_dataset, "column_names"):
-            validate_fields(modules, list(train_dataset.column_names) + list(TRAINER_FIELDS))
-        if args.group_key is not None and train_dataset is not None and hasattr(train_dataset, "column_names"):
-            if args.group_key not in train_dataset.column_names:
-                raise ValueError(
-                    f"group_key={args.group_key!r} is not a column of the training dataset "
-                    f"(columns: {train_dataset.column_names}). Add the column or unset group_key."
-                )
+        columns = dataset_columns(train_dataset) if modules or args.group_key is not None else None
+        if modules and columns is not None:
+            validate_fields(modules, columns + list(TRAINER_FIELDS))
+        if args.group_key is not None and columns is not None and args.group_key not in columns:
+            raise ValueError(
+                f"group_key={args.group_key!r} is not a column of the training dataset "
+                f"(columns: {columns}). Add the column or unset group_key."
+            )
         self.advantage_fn, self.advantage_options = resolve_advantage(args)
         reward_funcs = [
             to_trl(f, num_generations=args.num_generations) if isinstance(f, RewardModule) else f
@@ -240,6 +240,32 @@ class GRPOTrainer(trl.GRPOTrainer):
             metrics["frac_reward_zero_std"][-1] = zero_std_fraction(rewards, group_ids)
         metrics["advantages/mean"].append(advantages.mean().item())
         metrics["advantages/abs_mean"].append(advantages.abs().mean().item())
+
+
+def dataset_columns(dataset) -> list[str] | None:
+    """The column names of a training dataset, for checking reward fields before training starts.
+
+    A ``datasets.Dataset`` knows them; an ``IterableDataset`` knows them when it has ``features`` (the recycling
+    stream keeps its base data's), otherwise the first row is read (one row of a fresh iteration; training starts its
+    own). None when neither is possible (e.g. a plain iterable), in which case nothing is checked up front.
+    """
+    if dataset is None:
+        return None
+    names = getattr(dataset, "column_names", None)
+    if names is not None:
+        return list(names)
+    features = getattr(dataset, "features", None)
+    if features is not None:
+        return list(features)
+    try:
+        import datasets
+
+        if isinstance(dataset, datasets.IterableDataset):
+            first = next(iter(dataset.take(1)), None)
+            return list(first) if isinstance(first, dict) else None
+    except ImportError:
+        pass
+    return None
 
 
 def _check_dataset(dataset, name: str) -> None:
