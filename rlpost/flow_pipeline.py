@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rlpost.logging import append_metrics
 from rlpost.models.flow import get_flow_adapter
 from rlpost.recipe_runner import build_task, flow_stage_config
 from rlpost.rewards import RewardModule, build_rewards
@@ -177,7 +178,7 @@ def _build_reasoning(recipe, generator: FlowGRPOTrainer, task: Any, records: Seq
     """The planner (tiny random init with a tokenizer trained on the task's texts, or a checkpoint), the reflector
     and the :class:`~rlpost.trainers.reasoning_edit.ReasoningEditTrainer` around ``generator``; then the planner's
     supervised warm start. Returns ``(trainer, pretrain_losses)``."""
-    from rlpost.pipeline import load_model
+    from rlpost.recipe_runner import load_model
     from rlpost.trainers.reasoning_edit import ReasoningEditConfig, ReasoningEditTrainer, pretrain_planner
 
     spec = recipe.stages[0].reasoning
@@ -331,15 +332,14 @@ def run_flow_recipe(path: str | Path, overrides: Sequence[str] | None = None) ->
     history = (reasoning or trainer).train()
     heldout["after"] = run.evaluate()
     if heldout["before"] and trainer.accelerator.is_main_process:
-        with (trainer.run_dir / "metrics.jsonl").open("a") as f:
-            for when, values in heldout.items():
-                f.write(json.dumps({"stage": "eval", "when": when, **values}) + "\n")
-            planner_steps = run.recipe.stages[0].reasoning.pretrain_steps if reasoning else 0
-            for stage, steps, losses in (("pretrain", len(pretrain_losses), pretrain_losses),
-                                         ("planner_pretrain", planner_steps, planner_losses)):
-                if losses:  # first and last logged training loss
-                    f.write(json.dumps({"stage": stage, "steps": steps, "loss_first": losses[0],
-                                        "loss_last": losses[-1]}) + "\n")
+        for when, values in heldout.items():
+            append_metrics(trainer.run_dir, {"stage": "eval", "when": when, **values})
+        planner_steps = run.recipe.stages[0].reasoning.pretrain_steps if reasoning else 0
+        for stage, steps, losses in (("pretrain", len(pretrain_losses), pretrain_losses),
+                                     ("planner_pretrain", planner_steps, planner_losses)):
+            if losses:  # first and last logged training loss
+                append_metrics(trainer.run_dir, {"stage": stage, "steps": steps, "loss_first": losses[0],
+                                                 "loss_last": losses[-1]})
         print("held-out " + " | ".join(f"{k.removeprefix('heldout/')}: {heldout['before'][k]:.3f} -> {v:.3f}"
                                        for k, v in heldout["after"].items()))
     return {"run_dir": str(trainer.run_dir), "history": history, "heldout": heldout,

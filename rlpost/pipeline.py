@@ -3,7 +3,8 @@
 The stages of one recipe share one model: the SFT stage's weights are the GRPO stage's starting point. Each stage
 writes its checkpoints under ``<output_dir>/<index>-<trainer>/``; with ``resume: true`` a finished stage is loaded
 from its ``final/`` folder and an interrupted one continues from its last checkpoint (optimizer, scheduler, RNG and
-data order included), so a killed run ends where an uninterrupted one would.
+data order included), so a killed run ends where an uninterrupted one would. Stages keep their latest checkpoint by
+default (every tenth of the stage: :data:`rlpost.recipe_runner.DEFAULT_SAVE`); a stage's ``save_*`` args override it.
 
 With ``model.lora`` the first stage wraps the model in peft LoRA adapters (``peft_config`` of TRL's trainers) and every
 later stage keeps training that same adapter; each ``final/`` then holds the adapter (``adapter_config.json`` +
@@ -32,6 +33,7 @@ from rlpost.recipe_runner import (
     init_process_state,
     is_main_process,
     load_data_files,
+    load_model,
     log,
     stage_config,
 )
@@ -113,23 +115,6 @@ def _load(recipe: Recipe):
     return task, tokenizer, model
 
 
-def load_model(spec, corpus: list[str] | None = None):
-    """``(tokenizer, causal LM)`` for a recipe's model spec (:class:`rlpost.config.ModelSpec`): ``tiny:`` builds a
-    random model with a tokenizer trained on ``corpus``; a folder or hub id loads both (safetensors)."""
-    from rlpost.models import load_causal_lm, load_tokenizer
-
-    if spec.name_or_path.startswith("tiny:"):
-        tokenizer = load_tokenizer(spec.name_or_path, vocab_size=spec.tokenizer_vocab_size, corpus=corpus)
-        model = load_causal_lm(
-            spec.name_or_path, tokenizer=tokenizer, hidden_size=spec.hidden_size, num_layers=spec.num_layers,
-            num_heads=spec.num_heads, seed=spec.seed,
-        )
-    else:
-        tokenizer = load_tokenizer(spec.name_or_path, trust_remote_code=spec.trust_remote_code)
-        model = load_causal_lm(spec.name_or_path, trust_remote_code=spec.trust_remote_code, torch_dtype=spec.torch_dtype)
-    return tokenizer, model
-
-
 def _save_final(model, tokenizer, final_dir: Path, recipe: Recipe) -> None:
     """The model (or its LoRA adapter) and tokenizer; with LoRA on a ``tiny:`` base also a copy of the base under
     ``final/base_model/``: a random-init base exists only in the local model cache, and ``load_causal_lm(final_dir)``
@@ -206,14 +191,15 @@ def _train_stage(recipe, index, stage, stage_dir, model, tokenizer, task, report
             model=model, reward_funcs=modules, args=args, train_dataset=dataset, processing_class=tokenizer,
             callbacks=callbacks, peft_config=_peft_config(recipe, model), **environment,
         )
-    if not verbose and not args.disable_tqdm:  # one bar per stage with the key metrics, not a dict per log step
+    if not verbose:  # one bar per stage with the key metrics, not a printed dict per logging step (metrics.jsonl)
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
         from rlpost.logging import CompactProgressCallback
 
-        trainer.remove_callback(ProgressCallback)
         trainer.remove_callback(PrinterCallback)
-        trainer.add_callback(CompactProgressCallback)
+        if not args.disable_tqdm:
+            trainer.remove_callback(ProgressCallback)
+            trainer.add_callback(CompactProgressCallback)
     checkpoint = last_complete_checkpoint(stage_dir) if recipe.resume else None
     if checkpoint is not None:
         step = int(checkpoint.name.rsplit("-", 1)[-1])

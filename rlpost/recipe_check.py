@@ -28,9 +28,10 @@ def check_recipe(recipe: Recipe) -> str:
     """Run the validation pass on a loaded recipe; returns a one-line summary of what would run."""
     from rlpost.recipe_runner import default_report_to, init_process_state
 
-    init_process_state()  # TrainingArguments touch the process state; set it up as the run would
     report_to = default_report_to(recipe)
     flow = [i for i, stage in enumerate(recipe.stages) if stage.trainer == "flow_grpo"]
+    if not flow:  # TrainingArguments touch the process state: set it up as the LM pipeline does (a flow trainer
+        init_process_state()  # sets up its own from its use_cpu, so a flow check leaves it alone)
     if flow and len(recipe.stages) != 1:
         raise ConfigError(f"stages.{flow[0]}: a flow recipe has exactly one stage (`trainer: flow_grpo`); split the "
                           "other stages into their own recipe.")

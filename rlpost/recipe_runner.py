@@ -21,6 +21,7 @@ __all__ = [
     "init_process_state",
     "is_main_process",
     "load_data_files",
+    "load_model",
     "log",
     "stage_config",
 ]
@@ -160,3 +161,20 @@ def flow_stage_config(recipe):
         raise ValueError("resume: flow recipes cannot resume in this version (FlowGRPOConfig has no resume); "
                          "remove resume=true, or rerun from the start.")
     return FlowGRPOConfig(**kwargs)
+
+
+def load_model(spec, corpus: list[str] | None = None):
+    """``(tokenizer, causal LM)`` for a recipe's model spec (:class:`rlpost.config.ModelSpec`): ``tiny:`` builds a
+    random model with a tokenizer trained on ``corpus``; a folder or hub id loads both (safetensors)."""
+    from rlpost.models import load_causal_lm, load_tokenizer
+
+    if spec.name_or_path.startswith("tiny:"):
+        tokenizer = load_tokenizer(spec.name_or_path, vocab_size=spec.tokenizer_vocab_size, corpus=corpus)
+        model = load_causal_lm(
+            spec.name_or_path, tokenizer=tokenizer, hidden_size=spec.hidden_size, num_layers=spec.num_layers,
+            num_heads=spec.num_heads, seed=spec.seed,
+        )
+    else:
+        tokenizer = load_tokenizer(spec.name_or_path, trust_remote_code=spec.trust_remote_code)
+        model = load_causal_lm(spec.name_or_path, trust_remote_code=spec.trust_remote_code, torch_dtype=spec.torch_dtype)
+    return tokenizer, model

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import trl
-
 import torch
+import trl
+from transformers import TrainerCallback
 
 from rlpost.algorithms.losses import chunked_eaft_loss, eaft_loss, eaft_weights
 
@@ -81,6 +81,22 @@ def final_logit_transforms(config) -> dict:
     return found
 
 
+class _RestoreTokenCount(TrainerCallback):
+    """On resume, continue TRL's ``num_tokens`` counter from the checkpoint instead of from 0: its value is the one
+    logged at the checkpoint's step (exact when a logging step coincides with the save step, as with rlpost's
+    defaults; otherwise TRL's behaviour, counting from the resume, is kept)."""
+
+    def __init__(self, trainer: "SFTTrainer"):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.global_step == 0 or self.trainer._total_train_tokens:
+            return
+        rows = [r for r in state.log_history if r.get("step") == state.global_step and "num_tokens" in r]
+        if rows:
+            self.trainer._total_train_tokens = int(rows[-1]["num_tokens"])
+
+
 class SFTTrainer(trl.SFTTrainer):
     """``trl.SFTTrainer`` that also accepts ``loss_type="eaft"`` (see :class:`SFTConfig`)."""
 
@@ -101,6 +117,7 @@ class SFTTrainer(trl.SFTTrainer):
                 args.loss_type = "eaft"
         if eaft:
             self._check_eaft_model()
+        self.add_callback(_RestoreTokenCount(self))
 
     def _check_eaft_model(self) -> None:
         """Refuse what the EAFT path would get wrong, before training: sequence parallelism set up by the
