@@ -354,11 +354,11 @@ def _validate_recipe(recipe: Recipe) -> None:
                 raise ConfigError(f"{where}.environment: only grpo stages run multi-turn environments.")
             if stage.environment.name not in TOOL_ENVS:
                 raise ConfigError(_unknown(f"{where}.environment.name", stage.environment.name, list(TOOL_ENVS)))
-        if stage.recycling is not None:
-            _validate_recycling(stage, where)
         elif stage.trainer in ("grpo", "flow_grpo") and not stage.rewards:
             raise ConfigError(f"{where}: a {stage.trainer} stage needs `rewards:` (e.g. - name: exact_match) or, for "
                               "grpo, an `environment:` whose episodes are rewarded.")
+        if stage.recycling is not None:
+            _validate_recycling(stage, where)
         if stage.reasoning is not None:
             _validate_reasoning(stage, where)
         seen: dict[str, int] = {}  # instance name -> index of the entry that took it
