@@ -1,6 +1,7 @@
 """The ``rlpost`` command: train, list, report, eval, bench-quality.
 
     rlpost train recipes/quickstart.yaml grpo.max_steps=50 seed=1
+    rlpost train --check recipes/quickstart.yaml grpo.num_generations=7    # only the validation pass
     rlpost list recipes|rewards|envs|advantages
     rlpost report runs/quickstart
     rlpost eval recipes/quickstart.yaml --model runs/quickstart/1-grpo/final    # a LoRA final/ too (base + adapter)
@@ -22,6 +23,45 @@ __all__ = ["main"]
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
 
+# Warnings from libraries rlpost drives, about calls rlpost makes (deprecations inside transformers/TRL/torch/...):
+# the user cannot act on them, and on a tiny run they outnumber the lines that matter. `--verbose` keeps them.
+_QUIET_MODULES = r"(transformers|trl|torch|accelerate|peft|datasets|diffusers|huggingface_hub|wandb|deepspeed)(\.|$)"
+
+
+def quiet_third_party() -> None:
+    """Hide third-party deprecation / future warnings, library info logs and dataset-preparation progress bars in
+    this process (errors, third-party UserWarnings and rlpost's own warnings stay)."""
+    import logging
+    import warnings
+
+    for category in (DeprecationWarning, FutureWarning, PendingDeprecationWarning):
+        warnings.filterwarnings("ignore", category=category, module=_QUIET_MODULES)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DATASETS_VERBOSITY", "error")
+    for name in ("transformers", "trl", "accelerate", "datasets", "peft", "httpx"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    # DeepSpeed resets its logger's level when it creates it (at import); a filter survives that. Its import-time
+    # "Setting accelerator to CPU" warning is what every CPU run prints.
+    logging.getLogger("DeepSpeed").addFilter(lambda record: record.levelno >= logging.ERROR)
+
+
+def _quiet_training_imports() -> None:
+    """Import what training imports, with the banners it prints at import time (transformers' "[INFO] Running in
+    WANDB offline mode") and its weight-loading bars turned off."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        import transformers.integrations.integration_utils  # noqa: F401
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    import datasets
+
+    datasets.disable_progress_bars()  # dataset.map bars of TRL's preprocessing; the training bar stays
+
+
 def _env_defaults() -> None:
     # Nothing in rlpost needs an account or a hub: offline unless the user says otherwise.
     os.environ.setdefault("WANDB_MODE", "offline")
@@ -30,9 +70,16 @@ def _env_defaults() -> None:
 
 def cmd_train(args) -> int:
     from rlpost.config import load_recipe
-    from rlpost.pipeline import run_recipe
+    from rlpost.recipe_check import check_recipe
+    from rlpost.recipe_runner import is_main_process
 
-    recipe = load_recipe(args.recipe, args.overrides)  # validates everything before a model loads
+    if not args.verbose:
+        _quiet_training_imports()
+    recipe = load_recipe(args.recipe, args.overrides)  # keys and types
+    summary = check_recipe(recipe)  # rewards, advantages, TRL's own config checks; before any model loads
+    if args.check:
+        print(summary)
+        return 0
     if any(stage.trainer == "chord" for stage in recipe.stages):
         from rlpost.envs.chord.recipe import run_chord_recipe
 
@@ -41,26 +88,24 @@ def cmd_train(args) -> int:
         print(f"run directory: {summary['run_dir']}")
         return 0
     if any(stage.trainer == "flow_grpo" for stage in recipe.stages):
-        from accelerate import PartialState
-
         from rlpost.flow_pipeline import run_flow_recipe
 
         run_dir = run_flow_recipe(args.recipe, args.overrides)["run_dir"]
-        if PartialState().is_main_process:
-            print(f"run directory: {run_dir}")
+        if is_main_process():
+            print(f"results: {run_dir}")
         return 0
+    from rlpost.pipeline import run_recipe
+
     try:
-        results = run_recipe(recipe)
+        results = run_recipe(recipe, verbose=args.verbose)
     finally:
         _destroy_process_group()
-    from accelerate import PartialState
-
-    if not PartialState().is_main_process:
+    if not is_main_process():
         return 0
     accuracy = results["accuracy"]
     if accuracy:
         print("\nheld-out accuracy: " + " | ".join(f"{k}: {v:.3f}" for k, v in accuracy.items()))
-    print(f"run directory: {results['run_dir']}")
+    print(f"results: {results['run_dir']} (metrics.jsonl, results.json, plots/; `rlpost report` redraws the plots)")
     return 0
 
 
@@ -118,14 +163,12 @@ def cmd_report(args) -> int:
 
 def cmd_eval(args) -> int:
     from rlpost.config import load_recipe
-    from rlpost.envs import TASKS
     from rlpost.eval.generation import exact_match_accuracy
     from rlpost.models import load_causal_lm, load_tokenizer
-    from rlpost.pipeline import _heldout
+    from rlpost.recipe_runner import build_task, heldout_split
 
     recipe = load_recipe(args.recipe, args.overrides)
-    task = TASKS[recipe.data.task](**recipe.data.task_options) if recipe.data.task else None
-    heldout = _heldout(recipe, task)
+    heldout = heldout_split(recipe, build_task(recipe))
     if heldout is None:
         print("The recipe has no held-out data (data.task or data.heldout_files).", file=sys.stderr)
         return 2
@@ -153,6 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="run a recipe (YAML) with key=value overrides")
     train.add_argument("recipe")
     train.add_argument("overrides", nargs="*", help="dotted key=value, e.g. grpo.learning_rate=1e-4")
+    train.add_argument("--check", action="store_true",
+                       help="only validate the recipe (rewards, advantages, trainer configs); load and write nothing")
+    train.add_argument("--verbose", action="store_true",
+                       help="show third-party warnings, library logs and TRL's completion tables")
     train.set_defaults(func=cmd_train)
 
     listing = sub.add_parser("list", help="list registered recipes, rewards, envs or advantages")
@@ -189,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     _env_defaults()
     args = build_parser().parse_args(argv)
+    if not getattr(args, "verbose", False):
+        quiet_third_party()
     from rlpost.config import ConfigError
 
     try:

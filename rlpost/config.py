@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["ConfigError", "LoraSpec", "Recipe", "apply_overrides", "load_recipe", "lora_config", "trainer_config_class"]
+__all__ = ["ConfigError", "LoraSpec", "Recipe", "RecyclingSpec", "apply_overrides", "load_recipe", "lora_config", "trainer_config_class"]
 
 
 class ConfigError(ValueError):
@@ -129,11 +129,30 @@ class ReasoningSpec:
 
 
 @dataclass
+class RecyclingSpec:
+    """MDAgent2's low-reward trajectory recycling for a GRPO stage (:mod:`rlpost.envs.recycling`): prompts whose
+    group reward (``group_reduce`` over its completions) of reward ``reward`` is below ``threshold`` come back, with
+    their failure context, as a ``mix_ratio`` share of later prompts. The stage then streams its data
+    (``recycling_dataset``), so it needs ``args.max_steps``. Defaults are :class:`~rlpost.envs.RecyclingBuffer`'s."""
+
+    reward: str | None = None  # instance name of the reward whose scores decide (default: the stage's first reward)
+    capacity: int = 256
+    threshold: float = 0.5
+    mix_ratio: float = 0.25
+    template: str | None = None  # None: rlpost.envs.recycling.DEFAULT_TEMPLATE
+    group_reduce: str = "max"
+    prompt_key: str = "prompt"
+    context_keys: list[str] = field(default_factory=lambda: ["error", "penalty"])
+    max_context_chars: int = 1000
+
+
+@dataclass
 class StageSpec:
     trainer: str = ""
     args: dict[str, Any] = field(default_factory=dict)
     rewards: list[RewardSpec] = field(default_factory=list)
     environment: EnvironmentSpec | None = None  # grpo only: rollouts are multi-turn episodes in this environment
+    recycling: RecyclingSpec | None = None  # grpo only: MDAgent2's low-reward prompt recycling
     reasoning: ReasoningSpec | None = None  # flow_grpo only: wrap the editor in ThinkRL-Edit's reasoning loop
     split: str | None = None  # which task split feeds this stage; default by trainer (sft -> "sft", grpo -> "rl")
 
@@ -190,7 +209,12 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"Override {item!r} must look like key=value (e.g. grpo.learning_rate=1e-4).")
         key, _, text = item.partition("=")
-        value = yaml.safe_load(text) if text != "" else None
+        try:
+            value = yaml.safe_load(text) if text != "" else None
+        except yaml.YAMLError as error:
+            where = getattr(error, "problem", None) or "unparsable"
+            raise ConfigError(f"Override {key.strip()!r}: the value is not valid YAML ({where}: {text!r}); quote the "
+                              "whole override for the shell, e.g. 'grpo.advantage_options={\"clip\": 5}'.") from None
         parts = key.strip().split(".")
         stages = raw.setdefault("stages", [])
         if parts[0] in TRAINERS and parts[0] not in raw:  # shorthand: grpo.lr -> stages[i].args.lr
@@ -200,7 +224,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
                     f"Override {key!r}: the recipe has {len(matches)} '{parts[0]}' stages; use stages.N.args.<key>."
                 )
             rest = parts[1:]
-            if rest and rest[0] not in ("args", "rewards", "split"):
+            if rest and rest[0] not in ("args", "rewards", "split", "environment", "recycling", "reasoning"):
                 rest = ["args", *rest]
             parts = ["stages", str(matches[0]), *rest]
         node: Any = raw
@@ -289,10 +313,19 @@ def _coerce(hint, value, path: str):
     return value
 
 
+_MAX_LISTED = 12  # a trainer config has ~200 fields: past this many, list only the nearest names
+
+
 def _unknown(path: str, key: str, valid: list[str]) -> str:
+    """``Unknown key 'a.b'. Did you mean 'c'?``; with no close match, the valid names (or the nearest few)."""
     close = difflib.get_close_matches(key, valid, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    return f"Unknown key {path!r}.{hint} Valid keys here: {', '.join(sorted(valid))}."
+    if close:
+        return f"Unknown key {path!r}. Did you mean {close[0]!r}?"
+    if len(valid) <= _MAX_LISTED:
+        return f"Unknown key {path!r}. Valid keys here: {', '.join(sorted(valid))}."
+    nearest = difflib.get_close_matches(key, valid, n=5, cutoff=0.3)
+    listed = f" Nearest valid keys: {', '.join(nearest)}." if nearest else ""
+    return f"Unknown key {path!r} (not one of the {len(valid)} valid keys here).{listed}"
 
 
 def _validate_recipe(recipe: Recipe) -> None:
@@ -329,6 +362,8 @@ def _validate_recipe(recipe: Recipe) -> None:
         elif stage.trainer in ("grpo", "flow_grpo") and not stage.rewards:
             raise ConfigError(f"{where}: a {stage.trainer} stage needs `rewards:` (e.g. - name: exact_match) or, for "
                               "grpo, an `environment:` whose episodes are rewarded.")
+        if stage.recycling is not None:
+            _validate_recycling(stage, where)
         if stage.reasoning is not None:
             _validate_reasoning(stage, where)
         seen: dict[str, int] = {}  # instance name -> index of the entry that took it
@@ -347,6 +382,25 @@ def _validate_recipe(recipe: Recipe) -> None:
                                   f"their metrics would mix. Give one of them `options: {{name: ...}}`.")
             if name is not None:
                 seen[name] = j
+
+
+def _validate_recycling(stage: StageSpec, where: str) -> None:
+    spec = stage.recycling
+    if stage.trainer != "grpo":
+        raise ConfigError(f"{where}.recycling: only grpo stages recycle low-reward prompts; remove it.")
+    if not isinstance(stage.args.get("max_steps"), int) or stage.args["max_steps"] <= 0:
+        raise ConfigError(f"{where}.recycling streams the stage's data without end: set {where}.args.max_steps "
+                          "(a positive number of steps).")
+    if not stage.rewards:
+        raise ConfigError(f"{where}.recycling needs a reward in `rewards:` whose scores decide what is recycled.")
+    names = [r.options.get("name") or r.name for r in stage.rewards]
+    if spec.reward is not None and spec.reward not in names:
+        raise ConfigError(_unknown(f"{where}.recycling.reward", spec.reward, names))
+    if spec.capacity < 1 or not 0.0 <= spec.mix_ratio < 1.0 or spec.group_reduce not in ("max", "mean"):
+        raise ConfigError(f"{where}.recycling: capacity must be >= 1, mix_ratio in [0, 1) and group_reduce "
+                          f"'max' or 'mean'; got {spec.capacity}, {spec.mix_ratio}, {spec.group_reduce!r}.")
+    if spec.template is not None and "{prompt}" not in spec.template:
+        raise ConfigError(f"{where}.recycling.template needs a {{prompt}} placeholder for the original prompt.")
 
 
 def _validate_reasoning(stage: StageSpec, where: str) -> None:

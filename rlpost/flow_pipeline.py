@@ -20,7 +20,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rlpost.logging import append_metrics
 from rlpost.models.flow import get_flow_adapter
+from rlpost.recipe_runner import build_task, flow_stage_config
 from rlpost.rewards import RewardModule, build_rewards
 from rlpost.trainers.flow_grpo import FlowGRPOConfig, FlowGRPOTrainer, reward_batch
 
@@ -31,36 +33,21 @@ def load_flow_recipe(path: str | Path, overrides: Sequence[str] | None = None):
     """Read and validate a flow recipe (rlpost's recipe layout with one ``flow_grpo`` stage) into
     ``(Recipe, FlowGRPOConfig)``; :func:`rlpost.config.load_recipe` checks every key and coerces the stage ``args``
     and ``reasoning.args`` to their dataclass field types."""
-    from rlpost.config import ConfigError, load_recipe
+    from rlpost.config import load_recipe
+
+    from rlpost.recipe_check import check_recipe
 
     recipe = load_recipe(path, list(overrides or []))
-    if len(recipe.stages) != 1 or recipe.stages[0].trainer != "flow_grpo":
-        raise ConfigError(f"{path}: a flow recipe has exactly one stage with `trainer: flow_grpo`.")
-    kwargs = dict(recipe.stages[0].args)
-    kwargs.setdefault("output_dir", recipe.output_dir)
-    kwargs.setdefault("seed", recipe.seed)
-    kwargs.setdefault("report_to", "none" if recipe.tracking.wandb == "disabled" else "wandb")
+    check_recipe(recipe)  # the validation pass every recipe gets: rewards, advantage, config, resume
     if recipe.tracking.wandb == "online":
         os.environ.setdefault("WANDB_MODE", "online")  # an explicit WANDB_MODE still wins (rlpost.logging)
-    try:
-        return recipe, FlowGRPOConfig(**kwargs)
-    except ValueError as error:
-        raise ConfigError(f"{path}: {error}") from error
+    return recipe, flow_stage_config(recipe)
 
 
 def _recipe_rewards(recipe) -> list[RewardModule]:
     """The stage's reward modules; ``options.name`` renames an instance (two ``checklist`` rewards with different
     question prompts need distinct names for their metrics and UCPG columns)."""
     return build_rewards(recipe.stages[0].rewards)
-
-
-def _recipe_task(recipe):
-    """The recipe's built-in task (``data.task`` with ``data.task_options``), or None."""
-    if recipe.data.task is None:
-        return None
-    from rlpost.envs import TASKS
-
-    return TASKS[recipe.data.task](**recipe.data.task_options)
 
 
 def _recipe_prompts(recipe, args: FlowGRPOConfig, task: Any = None) -> list[str | dict[str, Any]]:
@@ -191,7 +178,7 @@ def _build_reasoning(recipe, generator: FlowGRPOTrainer, task: Any, records: Seq
     """The planner (tiny random init with a tokenizer trained on the task's texts, or a checkpoint), the reflector
     and the :class:`~rlpost.trainers.reasoning_edit.ReasoningEditTrainer` around ``generator``; then the planner's
     supervised warm start. Returns ``(trainer, pretrain_losses)``."""
-    from rlpost.pipeline import load_model
+    from rlpost.recipe_runner import load_model
     from rlpost.trainers.reasoning_edit import ReasoningEditConfig, ReasoningEditTrainer, pretrain_planner
 
     spec = recipe.stages[0].reasoning
@@ -287,7 +274,7 @@ def build_flow_run(path: str | Path, overrides: Sequence[str] | None = None) -> 
                                       num_layers=spec.num_layers, num_heads=spec.num_heads)
     else:
         model = load_flow_transformer(spec.name_or_path, kind=kind, torch_dtype=spec.torch_dtype)
-    task = _recipe_task(recipe)
+    task = build_task(recipe)
     prompts = _recipe_prompts(recipe, args, task)
     image_encoder = None
     if kind == "qwen_image_edit":
@@ -345,15 +332,14 @@ def run_flow_recipe(path: str | Path, overrides: Sequence[str] | None = None) ->
     history = (reasoning or trainer).train()
     heldout["after"] = run.evaluate()
     if heldout["before"] and trainer.accelerator.is_main_process:
-        with (trainer.run_dir / "metrics.jsonl").open("a") as f:
-            for when, values in heldout.items():
-                f.write(json.dumps({"stage": "eval", "when": when, **values}) + "\n")
-            planner_steps = run.recipe.stages[0].reasoning.pretrain_steps if reasoning else 0
-            for stage, steps, losses in (("pretrain", len(pretrain_losses), pretrain_losses),
-                                         ("planner_pretrain", planner_steps, planner_losses)):
-                if losses:  # first and last logged training loss
-                    f.write(json.dumps({"stage": stage, "steps": steps, "loss_first": losses[0],
-                                        "loss_last": losses[-1]}) + "\n")
+        for when, values in heldout.items():
+            append_metrics(trainer.run_dir, {"stage": "eval", "when": when, **values})
+        planner_steps = run.recipe.stages[0].reasoning.pretrain_steps if reasoning else 0
+        for stage, steps, losses in (("pretrain", len(pretrain_losses), pretrain_losses),
+                                     ("planner_pretrain", planner_steps, planner_losses)):
+            if losses:  # first and last logged training loss
+                append_metrics(trainer.run_dir, {"stage": stage, "steps": steps, "loss_first": losses[0],
+                                                 "loss_last": losses[-1]})
         print("held-out " + " | ".join(f"{k.removeprefix('heldout/')}: {heldout['before'][k]:.3f} -> {v:.3f}"
                                        for k, v in heldout["after"].items()))
     return {"run_dir": str(trainer.run_dir), "history": history, "heldout": heldout,

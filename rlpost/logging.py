@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
+from transformers.trainer_callback import ProgressCallback
 
 __all__ = [
+    "CompactProgressCallback",
     "MetricsFileCallback",
     "append_metrics",
     "configure_wandb",
@@ -58,6 +60,22 @@ class MetricsFileCallback(TrainerCallback):
         if not state.is_world_process_zero or not logs:
             return
         append_metrics(self.path.parent, {"stage": self.stage, "step": state.global_step, **logs})
+
+
+# The metrics a progress bar shows, in this order, when a logged row has them (everything goes to metrics.jsonl).
+KEY_METRICS = ("loss", "reward", "kl", "entropy", "mean_token_accuracy", "eval/heldout_accuracy")
+
+
+class CompactProgressCallback(ProgressCallback):
+    """Trainer's progress bar with the key metrics of the last logged row as its postfix, instead of a printed dict
+    per logging step: one line per stage on the console (the rows themselves are in ``metrics.jsonl``)."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or self.training_bar is None or not logs:
+            return
+        shown = {k.split("/")[-1]: logs[k] for k in KEY_METRICS if isinstance(logs.get(k), (int, float))}
+        if shown:
+            self.training_bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
 
 
 def append_metrics(run_dir: str | os.PathLike, row: dict) -> None:

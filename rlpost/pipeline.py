@@ -3,7 +3,8 @@
 The stages of one recipe share one model: the SFT stage's weights are the GRPO stage's starting point. Each stage
 writes its checkpoints under ``<output_dir>/<index>-<trainer>/``; with ``resume: true`` a finished stage is loaded
 from its ``final/`` folder and an interrupted one continues from its last checkpoint (optimizer, scheduler, RNG and
-data order included), so a killed run ends where an uninterrupted one would.
+data order included), so a killed run ends where an uninterrupted one would. Stages keep their latest checkpoint by
+default (every tenth of the stage: :data:`rlpost.recipe_runner.DEFAULT_SAVE`); a stage's ``save_*`` args override it.
 
 With ``model.lora`` the first stage wraps the model in peft LoRA adapters (``peft_config`` of TRL's trainers) and every
 later stage keeps training that same adapter; each ``final/`` then holds the adapter (``adapter_config.json`` +
@@ -15,30 +16,42 @@ plus the tokenizer and, for a ``tiny:`` base, a copy of that base in ``final/bas
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from accelerate import PartialState
 from transformers import set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
-from rlpost.config import Recipe, lora_config, trainer_config_class
+from rlpost.config import Recipe, lora_config
 from rlpost.logging import MetricsFileCallback, append_metrics, configure_wandb, truncate_metrics, write_report
+from rlpost.recipe_runner import (
+    DEFAULT_SPLIT,
+    build_task,
+    heldout_split,
+    init_process_state,
+    is_main_process,
+    load_data_files,
+    load_model,
+    log,
+    stage_config,
+)
 
-__all__ = ["run_recipe"]
+__all__ = ["load_model", "run_recipe"]
 
-# Which split of a built-in task feeds each trainer by default.
-_DEFAULT_SPLIT = {"sft": "sft", "grpo": "rl"}
+_heldout = heldout_split  # the name earlier callers (tests, notebooks) import
 
+def run_recipe(recipe: Recipe, verbose: bool = False) -> dict:
+    """Run every stage of ``recipe`` and return ``{"accuracy": {label: value}, "run_dir": ..., "world_size": ...}``.
 
-def run_recipe(recipe: Recipe) -> dict:
-    """Run every stage of ``recipe`` and return ``{"accuracy": {label: value}, "run_dir": ..., "world_size": ...}``."""
-    # cpu= must match the trainers' use_cpu, or accelerate and DeepSpeed disagree on the world size on CPU.
-    state = PartialState(cpu=not torch.cuda.is_available())
+    The validation pass (:func:`rlpost.recipe_check.check_recipe`) runs first, so a bad option fails before any
+    model loads or file is written. ``verbose`` prints TRL's completion tables (see :func:`stage_config`).
+    """
+    from rlpost.recipe_check import check_recipe
+
+    check_recipe(recipe)
+    state = init_process_state()  # before any TrainingArguments: cpu= must match the trainers' use_cpu
     run_dir = Path(recipe.output_dir)
     if state.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -53,7 +66,7 @@ def run_recipe(recipe: Recipe) -> dict:
 
     with state.main_process_first():  # rank 0 builds the offline tiny model/tokenizer cache; the others read it
         task, tokenizer, model = _load(recipe)
-    heldout = _heldout(recipe, task)
+    heldout = heldout_split(recipe, task)
     results: dict = {"accuracy": {}, "run_dir": str(run_dir)}
     results_path = run_dir / "results.json"
     if recipe.resume and results_path.exists():
@@ -62,10 +75,10 @@ def run_recipe(recipe: Recipe) -> dict:
     def evaluate(label: str) -> None:
         if heldout is None or not recipe.eval.enabled or label in results["accuracy"]:
             return
-        accuracy, correct = _evaluate(model, tokenizer, heldout, recipe)
+        accuracy, correct = _evaluate(model, tokenizer, heldout, recipe, progress=verbose)
         results["accuracy"][label] = accuracy
         if state.is_main_process:
-            _log(f"held-out accuracy {label}: {accuracy:.3f} ({sum(correct)}/{len(correct)})")
+            log(f"held-out accuracy {label}: {accuracy:.3f} ({sum(correct)}/{len(correct)})")
             _append_items(run_dir, recipe, label, heldout, correct)
             append_metrics(run_dir, {"stage": f"eval: {label}", "step": 0, "eval/heldout_accuracy": accuracy})
             results_path.write_text(json.dumps(results, indent=2))
@@ -78,10 +91,11 @@ def run_recipe(recipe: Recipe) -> dict:
         stage_dir = run_dir / f"{index}-{stage.trainer}"
         final_dir = stage_dir / "final"
         if recipe.resume and _finished(final_dir, recipe):
-            _log(f"stage {index} ({stage.trainer}) already finished; loading {final_dir}")
+            log(f"stage {index} ({stage.trainer}) already finished; loading {final_dir}")
             model = _load_finished(model, final_dir, recipe)
         else:
-            model, accelerator = _train_stage(recipe, index, stage, stage_dir, model, tokenizer, task, report_to)
+            model, accelerator = _train_stage(recipe, index, stage, stage_dir, model, tokenizer, task, report_to,
+                                              verbose=verbose)
             # What the trainer actually ran on (accelerate's state is re-initialized by each TrainingArguments).
             results.update(world_size=accelerator.num_processes, distributed_type=accelerator.distributed_type.value)
             if state.is_main_process:
@@ -91,33 +105,14 @@ def run_recipe(recipe: Recipe) -> dict:
 
     if state.is_main_process and recipe.tracking.plots:
         plots = write_report(run_dir)
-        _log(f"plots: {', '.join(str(p) for p in plots)}")
+        log(f"plots: {len(plots)} PNG in {run_dir / 'plots'}")
     return results
 
 
 def _load(recipe: Recipe):
-    from rlpost.envs import TASKS
-
-    task = TASKS[recipe.data.task](**recipe.data.task_options) if recipe.data.task else None
+    task = build_task(recipe)
     tokenizer, model = load_model(recipe.model, corpus=task.corpus() if task is not None else None)
     return task, tokenizer, model
-
-
-def load_model(spec, corpus: list[str] | None = None):
-    """``(tokenizer, causal LM)`` for a recipe's model spec (:class:`rlpost.config.ModelSpec`): ``tiny:`` builds a
-    random model with a tokenizer trained on ``corpus``; a folder or hub id loads both (safetensors)."""
-    from rlpost.models import load_causal_lm, load_tokenizer
-
-    if spec.name_or_path.startswith("tiny:"):
-        tokenizer = load_tokenizer(spec.name_or_path, vocab_size=spec.tokenizer_vocab_size, corpus=corpus)
-        model = load_causal_lm(
-            spec.name_or_path, tokenizer=tokenizer, hidden_size=spec.hidden_size, num_layers=spec.num_layers,
-            num_heads=spec.num_heads, seed=spec.seed,
-        )
-    else:
-        tokenizer = load_tokenizer(spec.name_or_path, trust_remote_code=spec.trust_remote_code)
-        model = load_causal_lm(spec.name_or_path, trust_remote_code=spec.trust_remote_code, torch_dtype=spec.torch_dtype)
-    return tokenizer, model
 
 
 def _save_final(model, tokenizer, final_dir: Path, recipe: Recipe) -> None:
@@ -164,58 +159,12 @@ def _peft_config(recipe: Recipe, model):
 
 def _stage_dataset(recipe: Recipe, stage, task):
     if task is not None:
-        return task.split(stage.split or _DEFAULT_SPLIT[stage.trainer])
-    from datasets import load_dataset
-
-    return _load_files(recipe.data.train_files, load_dataset)
+        return task.split(stage.split or DEFAULT_SPLIT[stage.trainer])
+    return load_data_files(recipe.data.train_files)
 
 
-def _heldout(recipe: Recipe, task):
-    if task is not None:
-        data = task.split("heldout")
-    elif recipe.data.heldout_files:
-        from datasets import load_dataset
-
-        data = _load_files(recipe.data.heldout_files, load_dataset)
-    else:
-        return None
-    if recipe.eval.max_items is not None:
-        data = data.select(range(min(recipe.eval.max_items, len(data))))
-    for column in ("prompt", "answer"):
-        if column not in data.column_names:
-            raise ValueError(f"Held-out data needs a {column!r} column for exact-match evaluation; has {data.column_names}.")
-    return data
-
-
-def _load_files(files: list[str], load_dataset):
-    suffix = Path(files[0]).suffix.lstrip(".")
-    kind = {"jsonl": "json", "json": "json", "csv": "csv", "parquet": "parquet"}.get(suffix)
-    if kind is None:
-        raise ValueError(f"Unsupported data file type {suffix!r} ({files[0]}); use json, jsonl, csv or parquet.")
-    missing = [f for f in files if not Path(f).exists()]
-    if missing:
-        raise FileNotFoundError(f"Data files not found: {missing}.")
-    return load_dataset(kind, data_files=files, split="train")
-
-
-def _train_stage(recipe, index, stage, stage_dir, model, tokenizer, task, report_to):
-    config_cls = trainer_config_class(stage.trainer)
-    defaults = dict(
-        output_dir=str(stage_dir),
-        seed=recipe.seed,
-        data_seed=recipe.seed,
-        report_to=report_to,
-        run_name=f"{recipe.name}-{index}-{stage.trainer}",
-        use_cpu=not torch.cuda.is_available(),
-        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
-        logging_steps=10,
-        save_strategy="no",
-    )
-    if stage.trainer == "grpo":
-        # The completions table (prompt, completion, per-reward scores, the advantage actually used) goes to wandb
-        # and to <stage>/completions/*.parquet at every logging step.
-        defaults.update(log_completions=True, num_completions_to_print=2)
-    args = config_cls(**{**defaults, **stage.args})
+def _train_stage(recipe, index, stage, stage_dir, model, tokenizer, task, report_to, verbose=False):
+    args = stage_config(recipe, index, stage, report_to, verbose=verbose)
     dataset = _stage_dataset(recipe, stage, task)
     stage_name = f"{index}-{stage.trainer}"
     callbacks = [MetricsFileCallback(recipe.output_dir, stage_name)]
@@ -229,6 +178,8 @@ def _train_stage(recipe, index, stage, stage_dir, model, tokenizer, task, report
         from rlpost.trainers import GRPOTrainer
 
         modules = build_rewards(stage.rewards)
+        if stage.recycling is not None:
+            modules, dataset = _with_recycling(stage.recycling, modules, dataset, recipe.seed)
         environment = {}
         if stage.environment is not None:
             from rlpost.envs import TOOL_ENVS
@@ -240,15 +191,25 @@ def _train_stage(recipe, index, stage, stage_dir, model, tokenizer, task, report
             model=model, reward_funcs=modules, args=args, train_dataset=dataset, processing_class=tokenizer,
             callbacks=callbacks, peft_config=_peft_config(recipe, model), **environment,
         )
-    checkpoint = get_last_checkpoint(str(stage_dir)) if recipe.resume and stage_dir.exists() else None
+    if not verbose:  # one bar per stage with the key metrics, not a printed dict per logging step (metrics.jsonl)
+        from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+        from rlpost.logging import CompactProgressCallback
+
+        trainer.remove_callback(PrinterCallback)
+        if not args.disable_tqdm:
+            trainer.remove_callback(ProgressCallback)
+            trainer.add_callback(CompactProgressCallback)
+    checkpoint = last_complete_checkpoint(stage_dir) if recipe.resume else None
     if checkpoint is not None:
-        step = int(checkpoint.rsplit("-", 1)[-1])
-        if PartialState().is_main_process:
+        step = int(checkpoint.name.rsplit("-", 1)[-1])
+        if is_main_process():
             truncate_metrics(recipe.output_dir, stage_name, step)
-        _log(f"stage {index} ({stage.trainer}): resuming from {checkpoint}")
+        log(f"stage {index} ({stage.trainer}): resuming from {checkpoint}")
+    log(f"stage {index} ({stage.trainer}): {args.max_steps if args.max_steps > 0 else 'all'} steps -> {stage_dir}")
     started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=checkpoint)
-    _log(f"stage {index} ({stage.trainer}) trained in {time.perf_counter() - started:.1f}s")
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
+    log(f"stage {index} ({stage.trainer}) trained in {time.perf_counter() - started:.1f}s")
     model = trainer.accelerator.unwrap_model(trainer.model)
     if "ref" in getattr(model, "peft_config", {}):
         # TRL's GRPO with beta > 0 on an already-wrapped model adds a frozen "ref" copy of the adapter as the KL
@@ -258,12 +219,49 @@ def _train_stage(recipe, index, stage, stage_dir, model, tokenizer, task, report
     return model, trainer.accelerator
 
 
-def _evaluate(model, tokenizer, heldout, recipe):
+def last_complete_checkpoint(stage_dir: Path) -> Path | None:
+    """The newest ``checkpoint-N`` of a stage that was written to the end, or None.
+
+    Trainer writes a checkpoint's ``trainer_state.json`` last, so a run killed while saving leaves a folder without
+    a readable one; resuming skips it and takes the checkpoint before (``save_total_limit`` deletes the older one
+    only after the newer one is complete).
+    """
+    if not stage_dir.is_dir():
+        return None
+    complete = []
+    for folder in stage_dir.glob("checkpoint-*"):
+        suffix = folder.name.rsplit("-", 1)[-1]
+        try:
+            json.loads((folder / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if suffix.isdigit():
+            complete.append((int(suffix), folder))
+    return max(complete)[1] if complete else None
+
+
+def _with_recycling(spec, modules, dataset, seed: int):
+    """MDAgent2's recycling on a GRPO stage: the deciding reward records failures into a buffer, and the stage's
+    data becomes an endless stream of base prompts (reshuffled each epoch) mixed with recycled ones."""
+    from rlpost.envs.recycling import DEFAULT_TEMPLATE, RecyclingBuffer, recycling_dataset
+
+    buffer = RecyclingBuffer(
+        capacity=spec.capacity, threshold=spec.threshold, mix_ratio=spec.mix_ratio,
+        template=spec.template if spec.template is not None else DEFAULT_TEMPLATE, group_reduce=spec.group_reduce,
+        prompt_key=spec.prompt_key, context_keys=spec.context_keys, max_context_chars=spec.max_context_chars,
+    )
+    names = [m.name for m in modules]
+    index = names.index(spec.reward) if spec.reward is not None else 0
+    modules = [buffer.wrap(m) if i == index else m for i, m in enumerate(modules)]
+    return modules, recycling_dataset(dataset, buffer, seed=seed)
+
+
+def _evaluate(model, tokenizer, heldout, recipe, progress: bool = False):
     from rlpost.eval.generation import exact_match_accuracy
 
     return exact_match_accuracy(
         model, tokenizer, heldout["prompt"], heldout["answer"], max_new_tokens=recipe.eval.max_new_tokens,
-        batch_size=recipe.eval.batch_size, progress=True,
+        batch_size=recipe.eval.batch_size, progress=progress,
     )
 
 
@@ -280,8 +278,3 @@ def _append_items(run_dir: Path, recipe: Recipe, label: str, heldout, correct: l
     rows = [r for r in rows if r[1] != model]  # a resumed run re-evaluates a label: replace, never duplicate
     rows += [(benchmark, model, str(item), bool(ok)) for item, ok in zip(items, correct)]
     write_item_correctness(rows, path)
-
-
-def _log(message: str) -> None:
-    if PartialState().is_main_process:
-        print(f"[rlpost] {message}", flush=True)

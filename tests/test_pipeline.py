@@ -133,38 +133,79 @@ def test_list_commands(capsys):
     assert "grpo" in capsys.readouterr().out.split()
 
 
-def _grpo_rows(run_dir):
-    skip = {"step_time", "train_runtime", "train_samples_per_second", "train_steps_per_second"}
-    return [{k: v for k, v in r.items() if k not in skip} for r in read_metrics(run_dir) if r["stage"] == "1-grpo"]
+def _stage_rows(run_dir, stage):
+    # Timings differ run to run; train_loss is Trainer's mean loss over the steps *this process* trained (the
+    # per-step losses, all compared, are equal).
+    skip = {"step_time", "train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss"}
+    return [{k: v for k, v in r.items() if k not in skip} for r in read_metrics(run_dir) if r["stage"] == stage]
 
 
 def _run(cmd, env):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc.stdout
+
+
+def _checkpoint_steps(stage_dir):
+    return [int(p.name.rsplit("-", 1)[1]) for p in stage_dir.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
 
 
 @pytest.mark.slow
-def test_kill_9_then_resume_matches_uninterrupted_run(tmp_path):
-    common = [*TINY, "grpo.max_steps=8", "grpo.save_strategy=steps", "grpo.save_steps=3", "tracking.wandb=disabled",
-              "tracking.plots=false"]
+@pytest.mark.parametrize("stage", ["0-sft", "1-grpo"])
+def test_kill_9_inside_a_stage_then_resume_matches_uninterrupted_run(tmp_path, stage):
+    # No save_* overrides: the pipeline's default keeps the latest checkpoint (every tenth of a stage: 2 steps here).
+    common = [*TINY, "sft.max_steps=20", "grpo.max_steps=20", "tracking.wandb=disabled", "tracking.plots=false"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cli = [sys.executable, "-m", "rlpost.cli", "train", QUICKSTART]
     clean, killed = tmp_path / "clean", tmp_path / "killed"
     _run([*cli, f"output_dir={clean}", *common], env)
+    assert len(list((clean / stage).glob("checkpoint-*"))) == 1, "save_total_limit=1 keeps only the latest"
 
     proc = subprocess.Popen([*cli, f"output_dir={killed}", *common], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while not (killed / "1-grpo" / "checkpoint-6").exists():
+    while not any(step >= 10 for step in _checkpoint_steps(killed / stage)):
         assert proc.poll() is None, "run ended before it could be killed"
         assert time.time() < deadline
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # kill -9, mid-way through the GRPO stage
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # kill -9, half-way through the stage
     proc.wait()
-    assert not (killed / "1-grpo" / "final").exists(), "the kill came too late to test resumption"
+    assert not (killed / stage / "final").exists(), "the kill came too late to test resumption"
+    assert max(_checkpoint_steps(killed / stage)) < 20
 
-    _run([*cli, f"output_dir={killed}", *common, "resume=true"], env)
+    out = _run([*cli, f"output_dir={killed}", *common, "resume=true"], env)
+    assert f"{stage.split('-')[0]} ({stage.split('-')[1]}): resuming from" in out and "checkpoint-" in out, out
     clean_results = json.loads((clean / "results.json").read_text())
     killed_results = json.loads((killed / "results.json").read_text())
     assert killed_results["accuracy"] == clean_results["accuracy"]
-    assert _grpo_rows(killed) == _grpo_rows(clean)
+    for name in ("0-sft", "1-grpo"):
+        assert _stage_rows(killed, name) == _stage_rows(clean, name), name
+
+
+def test_recycling_is_switched_on_from_a_recipe(tmp_path):
+    import pandas as pd
+
+    from rlpost import pipeline
+    from rlpost.config import load_recipe
+
+    run_dir = tmp_path / "recycle"
+    # threshold above the best reward: every group fails and is recycled; the template stays in the tiny vocabulary
+    recipe = load_recipe(QUICKSTART, [
+        *TINY, f"output_dir={run_dir}", "tracking.wandb=disabled", "tracking.plots=false", "eval.enabled=false",
+        "sft.max_steps=2", "grpo.recycling={template: '{prompt}{prompt}', threshold: 1.01, mix_ratio: 0.5}",
+    ])
+    pipeline.run_recipe(recipe)
+    prompts = pd.concat(pd.read_parquet(p) for p in (run_dir / "1-grpo" / "completions").glob("*.parquet"))["prompt"]
+    recycled = [p for p in prompts if p.count("=") == 2]  # "a+b=a+b=": a failed prompt written twice
+    assert recycled and all(p[: len(p) // 2] * 2 == p for p in recycled)
+
+
+def test_recycling_needs_max_steps_and_a_known_reward():
+    from rlpost.config import ConfigError, load_recipe
+
+    with pytest.raises(ConfigError, match=r"stages.1.recycling.reward'. Did you mean 'exact_match'"):
+        load_recipe(QUICKSTART, ["grpo.recycling={reward: exact_mach}"])
+    with pytest.raises(ConfigError, match="set stages.1.args.max_steps"):
+        load_recipe(QUICKSTART, ["grpo.recycling={}", "grpo.max_steps=-1"])
+    with pytest.raises(ConfigError, match="only grpo stages recycle"):
+        load_recipe(QUICKSTART, ["stages.0.recycling={}"])

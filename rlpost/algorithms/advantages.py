@@ -34,9 +34,11 @@ __all__ = [
     "AdvantageFn",
     "group_normalized",
     "multi_step_group_normalized",
+    "decoupled_normalized",
     "rloo",
     "register_advantage",
     "get_advantage",
+    "check_advantage_options",
     "list_advantages",
     "zero_std_fraction",
     "per_function_scores",
@@ -263,6 +265,47 @@ def rloo(
     return (adv.squeeze(1) if rewards.ndim == 1 else adv).to(out_dtype)
 
 
+def decoupled_normalized(
+    rewards_per_func: Tensor,
+    group_ids: Tensor | Sequence[Any],
+    weights: Tensor,
+    std: str = "unbiased",
+    eps: float = 1e-4,
+) -> Tensor:
+    """Group reward-decoupled normalization (GDPO; TRL ``multi_objective_aggregation="normalize_then_sum"``).
+
+    GDPO (arXiv 2601.05242) normalizes each reward function within its group first, sums the normalized rewards with
+    their weights, then normalizes the sum over the batch::
+
+        Â_i^k = (r_i^k - mean_{j in g(i)} r_j^k) / (std_{j in g(i)} r_j^k + eps)     (per reward function k)
+        s_i   = sum_k w_k Â_i^k
+        A_i   = (s_i - mean_j s_j) / (std_j s_j + eps)                              (over the whole batch)
+
+    Args:
+        rewards_per_func: ``[N, D]`` one column per reward function; NaN = not applicable (that term counts as 0 in
+            the sum, as TRL's ``nansum``); a row that is NaN in every column gets advantage 0.
+        group_ids: ``[N]`` group id per sample.
+        weights: ``[D]`` reward weights.
+        std: the per-group scaling of each column, as in :func:`group_normalized` (TRL: ``"unbiased"``).
+        eps: added to both stds (TRL: 1e-4).
+
+    Returns:
+        ``[N]`` advantages. Unlike TRL, a column whose group is constant contributes exactly 0 (TRL: ``0 / eps``
+        rounding residue), and groups may be non-contiguous.
+    """
+    r, out_dtype = _as_rewards_2d(rewards_per_func, 2, "decoupled_normalized")
+    inverse, num_groups = _group_index(group_ids, r.shape[0], r.device)
+    per_func = _normalize(r, inverse, num_groups, std, eps, None)  # NaN entries are 0 here
+    weights = torch.as_tensor(weights, dtype=r.dtype, device=r.device)
+    summed = (per_func * weights.unsqueeze(0)).sum(1)
+    scorable = ~torch.isnan(r).all(1)
+    if scorable.sum() < 2:
+        return torch.zeros_like(summed).to(out_dtype)
+    values = summed[scorable]
+    adv = torch.where(scorable, (summed - values.mean()) / (values.std() + eps), 0.0)
+    return adv.to(out_dtype)
+
+
 # --------------------------------------------------------------------------- registry
 
 _ADVANTAGES: dict[str, AdvantageFn] = {}
@@ -292,19 +335,52 @@ def get_advantage(name: str) -> AdvantageFn:
     return _lookup(_ADVANTAGES, name, "advantage estimator")
 
 
+def check_advantage_options(name: str, options: Mapping[str, Any]) -> None:
+    """Bind ``options`` to estimator ``name``'s signature (after ``rewards, group_ids``), so a misspelled or
+    colliding option fails before training; ValueError naming the option and the ones the estimator takes."""
+    import inspect
+
+    parameters = list(inspect.signature(get_advantage(name)).parameters.values())
+    inputs = [p.name for p in parameters[:2]]
+    accepted = [p.name for p in parameters[2:] if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    for key in options:
+        if key in inputs:
+            raise ValueError(f"advantage_options.{key}: {key!r} is the estimator's input, not an option; remove it "
+                             f"(advantage {name!r} takes: {', '.join(accepted)}).")
+    try:
+        inspect.signature(get_advantage(name)).bind(None, None, **options)
+    except TypeError:
+        unknown = [k for k in options if k not in accepted]
+        key = unknown[0] if unknown else next(iter(options), "?")
+        close = difflib.get_close_matches(str(key), accepted, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"advantage_options.{key}: advantage {name!r} takes no option {key!r}.{hint} Its options: "
+                         f"{', '.join(accepted)}.") from None
+
+
 def list_advantages() -> list[str]:
     """Sorted names of the registered advantage estimators."""
     return sorted(_ADVANTAGES)
 
 
-def _group_normalized_with(std: str, description: str) -> AdvantageFn:
-    """A registry entry: :func:`group_normalized` with ``std`` fixed (``eps``/``clip`` still pass through)."""
+def _group_normalized_with(default_std: str, description: str) -> AdvantageFn:
+    """A registry entry: :func:`group_normalized` with ``std`` defaulting to ``default_std``.
 
-    def estimator(rewards: Tensor, group_ids: Tensor, **options: Any) -> Tensor:
-        return group_normalized(rewards, group_ids, std=std, **options)
+    The signature is explicit (not ``**options``) so that a recipe's ``advantage_options`` can be bound to it before
+    training starts, and so ``std`` given as an option replaces the default instead of colliding with it.
+    """
+
+    def estimator(
+        rewards: Tensor,
+        group_ids: Tensor | Sequence[Any],
+        std: str = default_std,
+        eps: float = 1e-8,
+        clip: float | None = None,
+    ) -> Tensor:
+        return group_normalized(rewards, group_ids, std=std, eps=eps, clip=clip)
 
     estimator.__doc__ = description
-    estimator.__qualname__ = estimator.__name__ = f"group_normalized[std={std!r}]"
+    estimator.__qualname__ = estimator.__name__ = f"group_normalized[std={default_std!r}]"
     return estimator
 
 

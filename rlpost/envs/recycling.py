@@ -324,5 +324,10 @@ def recycling_dataset(dataset: Any, buffer: RecyclingBuffer, *, epochs: int | No
             yield from buffer.stream(order)
             epoch += 1
 
-    features = dataset.features if isinstance(dataset, datasets.Dataset) else None
+    if isinstance(dataset, datasets.Dataset):
+        features = dataset.features
+    else:  # records: their columns typed over all of them, so the stream knows its columns without being read
+        records = list(dataset)
+        features = datasets.Dataset.from_list(records).features if records else None
+        dataset = records
     return datasets.IterableDataset.from_generator(generate, features=features)

@@ -24,10 +24,12 @@ from rlpost.rewards.base import (
 from rlpost.rewards.registry import (
     UnknownRewardError,
     build_rewards,
+    check_reward_options,
     get_reward,
     list_rewards,
     register_lazy_reward,
     register_reward,
+    reward_signature,
 )
 from rlpost.rewards.runner import CallResult, run_calls
 from rlpost.rewards import text as _text  # noqa: F401  (registers the built-in text rewards)
@@ -58,6 +60,8 @@ __all__ = [
     "TRLRewardFunction",
     "UnknownRewardError",
     "WeightedSum",
+    "check_reward_options",
+    "reward_signature",
     "as_text",
     "build_rewards",
     "from_trl",

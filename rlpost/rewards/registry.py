@@ -16,7 +16,8 @@ from typing import Any, Callable, TypeVar
 from rlpost.rewards.base import RewardModule, from_trl
 
 __all__ = [
-    "UnknownRewardError", "build_rewards", "get_reward", "list_rewards", "register_lazy_reward", "register_reward",
+    "UnknownRewardError", "build_rewards", "check_reward_options", "get_reward", "list_rewards",
+    "register_lazy_reward", "register_reward", "reward_signature",
 ]
 
 _R = TypeVar("_R", bound=type[RewardModule])
@@ -136,6 +137,62 @@ def get_reward(name: str, /, **kwargs: Any) -> RewardModule:
             f"e.g. 'my_package.rewards:MyReward'."
         )
     return _instantiate(_REGISTRY[name], name, kwargs)
+
+
+def _constructor_signature(cls: type) -> inspect.Signature:
+    """The keyword options ``cls(**options)`` accepts, following ``**options`` that an ``__init__`` forwards to its
+    base class (a reward's own options plus :class:`RewardModule`'s ``name``, ``timeout_s``, ...)."""
+    params: dict[str, inspect.Parameter] = {}
+    first = True
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None or klass is object:
+            continue
+        forwards = False
+        for p in list(inspect.signature(init).parameters.values())[1:]:  # skip self
+            if p.kind is p.VAR_KEYWORD:
+                forwards = True
+            elif p.kind is not p.VAR_POSITIONAL:
+                # a base class's required argument may be supplied by the subclass (ShapesChecklist -> judge)
+                default = p.default if first or p.default is not p.empty else None
+                params.setdefault(p.name, p.replace(kind=p.KEYWORD_ONLY, default=default))
+        first = False
+        if not forwards:
+            return inspect.Signature(list(params.values()))
+    return inspect.Signature([*params.values(), inspect.Parameter("options", inspect.Parameter.VAR_KEYWORD)])
+
+
+def reward_signature(name: str) -> inspect.Signature:
+    """The constructor signature ``get_reward(name, **options)`` binds ``options`` to, without building the reward
+    (a lazy reward's module is imported, no weights or executors are created)."""
+    if ":" in name:
+        obj = _import_target(name)
+        if isinstance(obj, type) and issubclass(obj, RewardModule):
+            return _constructor_signature(obj)
+        if isinstance(obj, RewardModule):
+            return inspect.Signature()
+        params = list(inspect.signature(from_trl).parameters.values())[1:]  # from_trl(fn, **options)
+        return inspect.Signature(params)
+    _load_builtins()
+    if name not in _REGISTRY and name in _LAZY:
+        _import_target(_LAZY[name][0])
+    if name not in _REGISTRY:
+        get_reward(name)  # raises UnknownRewardError with the closest name
+    return _constructor_signature(_REGISTRY[name])
+
+
+def check_reward_options(name: str, options: dict[str, Any]) -> None:
+    """Bind ``options`` to reward ``name``'s constructor; TypeError naming the option and the accepted ones."""
+    signature = reward_signature(name)
+    try:
+        signature.bind(**options)
+    except TypeError as error:
+        accepted = [p for p, v in signature.parameters.items() if v.kind not in (v.VAR_POSITIONAL, v.VAR_KEYWORD)]
+        unknown = [k for k in options if k not in signature.parameters]
+        close = difflib.get_close_matches(unknown[0], accepted, n=1) if unknown else []
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        problem = f"takes no option {unknown[0]!r}" if unknown else f"rejects these options ({error})"
+        raise TypeError(f"reward {name!r} {problem}.{hint} Its options: {', '.join(accepted) or 'none'}.") from None
 
 
 def build_rewards(specs: Iterable[Any]) -> list[RewardModule]:

@@ -16,6 +16,7 @@ types, KL, PEFT, DeepSpeed, vLLM - is TRL's. ``tests/test_trl_contract.py`` fail
 from __future__ import annotations
 
 import hashlib
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,10 +24,16 @@ from typing import Any
 import torch
 import trl
 
-from rlpost.algorithms.advantages import get_advantage, per_function_scores, zero_std_fraction
+from rlpost.algorithms.advantages import (
+    check_advantage_options,
+    decoupled_normalized,
+    get_advantage,
+    per_function_scores,
+    zero_std_fraction,
+)
 from rlpost.rewards import RewardModule, to_trl, validate_fields
 
-__all__ = ["GRPOConfig", "GRPOTrainer"]
+__all__ = ["GRPOConfig", "GRPOTrainer", "dataset_columns", "resolve_advantage"]
 
 # Fields the trainer itself hands to every reward function, beyond the dataset's columns.
 TRAINER_FIELDS = ("prompt", "completion", "completion_ids", "group_id")
@@ -39,8 +46,12 @@ class GRPOConfig(trl.GRPOConfig):
     Args:
         advantage: name in the advantage registry (``rlpost list advantages``). ``"grpo"`` is DeepSeekMath's
             group-normalized advantage (Shao et al. 2024, eq. in §4.1.2); ``"trl"`` leaves TRL's own computation
-            untouched (its ``scale_rewards`` / ``multi_objective_aggregation`` options then apply).
-        advantage_options: keyword options for the advantage function (e.g. ``{"std": "population", "clip": 5}``).
+            untouched. TRL's ``scale_rewards`` and ``multi_objective_aggregation`` are honoured by the registry
+            estimators or refused at construction, never ignored (:func:`resolve_advantage`): ``scale_rewards``
+            ``"batch"`` / ``"none"`` select the estimator's ``std`` (``"batch"`` / ``"none"``, i.e. Dr. GRPO), and
+            ``"normalize_then_sum"`` runs GDPO's per-reward normalization with that std.
+        advantage_options: keyword options for the advantage function (e.g. ``{"std": "population", "clip": 5}``),
+            bound to its signature when the config is built, so a misspelled option fails before training.
         advantage_eps: added to the group std; 1e-4 matches TRL so ``advantage="grpo"`` reproduces TRL's numbers.
         group_key: dataset column whose value defines the group (e.g. a problem id shared by paraphrased prompts).
             None groups ``num_generations`` consecutive completions, as TRL does.
@@ -50,6 +61,74 @@ class GRPOConfig(trl.GRPOConfig):
     advantage_options: dict[str, Any] = field(default_factory=dict, metadata={"help": "Options for the advantage."})
     advantage_eps: float = field(default=1e-4, metadata={"help": "Epsilon added to the group std (TRL: 1e-4)."})
     group_key: str | None = field(default=None, metadata={"help": "Dataset column that defines groups."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        resolve_advantage(self)  # unknown estimator, bad options, a TRL option it cannot honour: fail here
+
+
+# TRL's scale_rewards -> the ``std`` of rlpost's group-normalized estimators ("group" is TRL's default).
+SCALE_REWARDS_STD = {"group": "unbiased", "batch": "batch", "none": "none"}
+
+
+def resolve_advantage(args: "GRPOConfig") -> tuple[Callable | None, dict[str, Any]]:
+    """``(estimator, options)`` the trainer calls, from ``advantage``, ``advantage_options``, ``advantage_eps`` and
+    TRL's ``scale_rewards`` / ``multi_objective_aggregation``; ``(None, {})`` for ``advantage="trl"``.
+
+    Raises ValueError (naming the option and the fix) for an unknown estimator, an option its signature does not
+    take, and a TRL option the estimator would otherwise silently ignore:
+
+    - ``scale_rewards`` other than ``"group"`` sets ``std`` for ``advantage="grpo"`` (``"batch"`` -> batch std,
+      ``"none"`` -> no scaling, Dr. GRPO); another estimator must already use that std (``dr_grpo`` + ``"none"``,
+      ``batch_std`` + ``"batch"``), and an explicit ``advantage_options.std`` must agree with it.
+    - ``multi_objective_aggregation="normalize_then_sum"`` is honoured for the std-scaled estimators (GDPO,
+      :func:`rlpost.algorithms.advantages.decoupled_normalized`) and refused for the others.
+    """
+    if args.advantage == "trl":
+        if args.advantage_options:
+            raise ValueError(f"advantage_options {sorted(args.advantage_options)} do nothing with advantage='trl' "
+                             "(TRL's own computation); remove them or pick a registry advantage.")
+        return None, {}
+    fn = get_advantage(args.advantage)
+    parameters = inspect.signature(fn).parameters
+    check_advantage_options(args.advantage, {"eps": args.advantage_eps, **args.advantage_options})
+    options = {"eps": args.advantage_eps, **args.advantage_options}
+    takes_std = "std" in parameters
+    default_std = parameters["std"].default if takes_std else None
+    scale = args.scale_rewards
+    if scale != "group":
+        wanted = SCALE_REWARDS_STD.get(scale)
+        if wanted is None:
+            raise ValueError(f"scale_rewards={scale!r}: TRL takes 'group', 'batch', 'none', true or false.")
+        current = options.get("std", default_std)
+        if not takes_std:
+            raise ValueError(f"scale_rewards={scale!r} does not apply to advantage={args.advantage!r} (it scales by "
+                             "no std); remove scale_rewards, or use advantage: grpo (or trl) to scale by it.")
+        if "std" in args.advantage_options and current != wanted:
+            raise ValueError(f"scale_rewards={scale!r} means std={wanted!r}, but advantage_options.std is "
+                             f"{current!r}; keep one of the two.")
+        if args.advantage == "grpo":
+            options["std"] = wanted
+        elif current != wanted:
+            raise ValueError(f"scale_rewards={scale!r} means std={wanted!r}, but advantage={args.advantage!r} uses "
+                             f"std={current!r}; use advantage: grpo with scale_rewards, or drop scale_rewards.")
+    if args.multi_objective_aggregation not in ("sum_then_normalize", "normalize_then_sum"):
+        raise ValueError(f"multi_objective_aggregation={args.multi_objective_aggregation!r}: TRL takes "
+                         "'sum_then_normalize' or 'normalize_then_sum'.")
+    if args.multi_objective_aggregation == "normalize_then_sum":
+        if not takes_std or getattr(fn, "wants_per_function_rewards", False):
+            raise ValueError(f"multi_objective_aggregation='normalize_then_sum' (GDPO) needs a std-scaled estimator; "
+                             f"advantage={args.advantage!r} is not one. Use advantage: grpo (or trl).")
+        extra = sorted(set(options) - {"std", "eps"})
+        if extra:
+            raise ValueError(f"multi_objective_aggregation='normalize_then_sum' takes only std and eps; "
+                             f"advantage_options.{extra[0]} does not apply to it.")
+        return _gdpo, {"std": options.get("std", default_std), "eps": options["eps"]}
+    return fn, options
+
+
+def _gdpo(rewards_per_func, group_ids, *, weights, std, eps):
+    return decoupled_normalized(rewards_per_func, group_ids, weights, std=std, eps=eps)
 
 
 def _stable_group_id(value: Any) -> int:
@@ -81,15 +160,15 @@ class GRPOTrainer(trl.GRPOTrainer):
         _check_dataset(train_dataset, "train_dataset")
         reward_funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
         modules = [f for f in reward_funcs if isinstance(f, RewardModule)]
-        if modules and train_dataset is not None and hasattr(train_dataset, "column_names"):
-            validate_fields(modules, list(train_dataset.column_names) + list(TRAINER_FIELDS))
-        if args.group_key is not None and train_dataset is not None and hasattr(train_dataset, "column_names"):
-            if args.group_key not in train_dataset.column_names:
-                raise ValueError(
-                    f"group_key={args.group_key!r} is not a column of the training dataset "
-                    f"(columns: {train_dataset.column_names}). Add the column or unset group_key."
-                )
-        self.advantage_fn: Callable | None = None if args.advantage == "trl" else get_advantage(args.advantage)
+        columns = dataset_columns(train_dataset) if modules or args.group_key is not None else None
+        if modules and columns is not None:
+            validate_fields(modules, columns + list(TRAINER_FIELDS))
+        if args.group_key is not None and columns is not None and args.group_key not in columns:
+            raise ValueError(
+                f"group_key={args.group_key!r} is not a column of the training dataset "
+                f"(columns: {columns}). Add the column or unset group_key."
+            )
+        self.advantage_fn, self.advantage_options = resolve_advantage(args)
         reward_funcs = [
             to_trl(f, num_generations=args.num_generations) if isinstance(f, RewardModule) else f
             for f in reward_funcs
@@ -135,11 +214,12 @@ class GRPOTrainer(trl.GRPOTrainer):
         weights = self.reward_weights.to(rewards_per_func.device)
         rewards = (rewards_per_func * weights.unsqueeze(0)).nansum(dim=1)
         rewards[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan  # unscorable: excluded, advantage 0
-        scores = rewards
-        if getattr(self.advantage_fn, "wants_per_function_rewards", False):
+        scores, options = rewards, self.advantage_options
+        if self.advantage_fn is _gdpo:  # normalize_then_sum: each reward function normalized in its group first
+            scores, options = rewards_per_func, {**options, "weights": weights}
+        elif getattr(self.advantage_fn, "wants_per_function_rewards", False):
             # Multi-dimensional advantages (UCPG) see each reward function as a dimension: [N, D].
             scores = per_function_scores(rewards_per_func, weights)
-        options = {"eps": self.args.advantage_eps, **self.args.advantage_options}
         advantages = torch.nan_to_num(self.advantage_fn(scores, group_ids, **options), nan=0.0)
 
         local_n = output["advantages"].shape[0]
@@ -160,6 +240,32 @@ class GRPOTrainer(trl.GRPOTrainer):
             metrics["frac_reward_zero_std"][-1] = zero_std_fraction(rewards, group_ids)
         metrics["advantages/mean"].append(advantages.mean().item())
         metrics["advantages/abs_mean"].append(advantages.abs().mean().item())
+
+
+def dataset_columns(dataset) -> list[str] | None:
+    """The column names of a training dataset, for checking reward fields before training starts.
+
+    A ``datasets.Dataset`` knows them; an ``IterableDataset`` knows them when it has ``features`` (the recycling
+    stream keeps its base data's), otherwise the first row is read (one row of a fresh iteration; training starts its
+    own). None when neither is possible (e.g. a plain iterable), in which case nothing is checked up front.
+    """
+    if dataset is None:
+        return None
+    names = getattr(dataset, "column_names", None)
+    if names is not None:
+        return list(names)
+    features = getattr(dataset, "features", None)
+    if features is not None:
+        return list(features)
+    try:
+        import datasets
+
+        if isinstance(dataset, datasets.IterableDataset):
+            first = next(iter(dataset.take(1)), None)
+            return list(first) if isinstance(first, dict) else None
+    except ImportError:
+        pass
+    return None
 
 
 def _check_dataset(dataset, name: str) -> None:

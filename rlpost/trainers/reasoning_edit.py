@@ -423,9 +423,9 @@ class ReasoningEditTrainer:
             history.append(row)
             bar.set_postfix(reward=f"{row['reward']:.4f}", regenerated=f"{row['reflect/regenerated_frac']:.2f}")
             if self.global_step % self.args.logging_steps == 0:
-                clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
-                with (self.run_dir / "metrics.jsonl").open("a") as f:
-                    f.write(json.dumps({"stage": "reasoning_edit", "step": self.global_step, **clean}) + "\n")
+                from rlpost.logging import append_metrics  # non-finite values become null, as in every rlpost row
+
+                append_metrics(self.run_dir, {"stage": "reasoning_edit", "step": self.global_step, **row})
         return history
 
     @torch.no_grad()

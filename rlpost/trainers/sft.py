@@ -4,20 +4,23 @@ EAFT (Entropy-Adaptive Fine-Tuning, arXiv 2601.02151, eqs. 2-3) weights each tok
 normalized top-K entropy at that position, detached, so confidently-wrong tokens ("confident conflicts") barely move
 the model. The math lives in :mod:`rlpost.algorithms.losses`; this class only routes the hidden states there.
 
-TRL's own losses (``nll``, ``dft``) are untouched: any other ``loss_type`` goes straight to TRL.
+TRL's own losses (``nll``, ``dft``) are untouched: any other ``loss_type`` goes straight to TRL. The EAFT path keeps
+what TRL's loss adds around the token loss: the MoE router auxiliary loss (``router_aux_loss_coef``) and the
+``num_tokens`` / ``aux_loss`` metrics. It refuses sequence parallelism, and its chunked LM head refuses models that
+scale or softcap their final logits (``eaft_chunk_size: null`` reads the model's own logits instead).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import trl
-
 import torch
+import trl
+from transformers import TrainerCallback
 
 from rlpost.algorithms.losses import chunked_eaft_loss, eaft_loss, eaft_weights
 
-__all__ = ["SFTConfig", "SFTTrainer"]
+__all__ = ["SFTConfig", "SFTTrainer", "final_logit_transforms"]
 
 
 @dataclass
@@ -43,6 +46,56 @@ class SFTConfig(trl.SFTConfig):
     eaft_gate: str = field(default="power", metadata={"help": "'power' (paper) or 'sigmoid'."})
     eaft_chunk_size: int | None = field(default=1024, metadata={"help": "LM-head chunk (tokens); None = unchunked."})
 
+    def __post_init__(self):
+        super().__post_init__()
+        if self.loss_type == "eaft" and _splits_sequences(self.parallelism_config):
+            raise ValueError(
+                "loss_type='eaft' does not support sequence parallelism (parallelism_config with cp_size > 1 or "
+                "sp_size > 1): each rank would weight its shard of every sequence with its own loss normalization. "
+                "Set cp_size=1 and sp_size=1, or use TRL's loss_type='nll'."
+            )
+
+
+def _splits_sequences(parallelism_config) -> bool:
+    """Context or (Ulysses) sequence parallelism: TRL's ``parallelism_config.cp_size`` / ``sp_size`` above 1."""
+    if parallelism_config is None:
+        return False
+    return bool(getattr(parallelism_config, "cp_enabled", False) or getattr(parallelism_config, "sp_enabled", False))
+
+
+# Config attributes with which a model transforms its final logits after the LM head (value = "no transform").
+# The chunked EAFT path multiplies hidden states by the head weight itself, so it would skip these.
+_LOGIT_TRANSFORMS = {"final_logit_softcapping": None, "logit_scale": 1.0, "logits_scaling": 1.0,
+                     "output_logits_scale": 1.0}
+
+
+def final_logit_transforms(config) -> dict:
+    """The final-logit scaling / softcapping a model config asks for (Gemma 2/3 ``final_logit_softcapping``, Cohere
+    ``logit_scale``, Granite ``logits_scaling``), including a multimodal model's ``text_config``; {} if none."""
+    found = {}
+    for cfg in (config, getattr(config, "text_config", None)):
+        for name, neutral in _LOGIT_TRANSFORMS.items():
+            value = getattr(cfg, name, neutral) if cfg is not None else neutral
+            if value is not None and value != neutral:
+                found[name] = value
+    return found
+
+
+class _RestoreTokenCount(TrainerCallback):
+    """On resume, continue TRL's ``num_tokens`` counter from the checkpoint instead of from 0: its value is the one
+    logged at the checkpoint's step (exact when a logging step coincides with the save step, as with rlpost's
+    defaults; otherwise TRL's behaviour, counting from the resume, is kept)."""
+
+    def __init__(self, trainer: "SFTTrainer"):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.global_step == 0 or self.trainer._total_train_tokens:
+            return
+        rows = [r for r in state.log_history if r.get("step") == state.global_step and "num_tokens" in r]
+        if rows:
+            self.trainer._total_train_tokens = int(rows[-1]["num_tokens"])
+
 
 class SFTTrainer(trl.SFTTrainer):
     """``trl.SFTTrainer`` that also accepts ``loss_type="eaft"`` (see :class:`SFTConfig`)."""
@@ -62,6 +115,24 @@ class SFTTrainer(trl.SFTTrainer):
         finally:
             if eaft:
                 args.loss_type = "eaft"
+        if eaft:
+            self._check_eaft_model()
+        self.add_callback(_RestoreTokenCount(self))
+
+    def _check_eaft_model(self) -> None:
+        """Refuse what the EAFT path would get wrong, before training: sequence parallelism set up by the
+        accelerator, and a chunked LM head on a model that scales or softcaps its final logits."""
+        if _splits_sequences(getattr(self.accelerator, "parallelism_config", None)):
+            raise ValueError("loss_type='eaft' does not support sequence parallelism (cp_size / sp_size > 1 in the "
+                             "accelerate config); set them to 1, or use loss_type='nll'.")
+        transforms = final_logit_transforms(self.accelerator.unwrap_model(self.model).config)
+        if transforms and self.args.eaft_chunk_size is not None:
+            found = ", ".join(f"{k}={v}" for k, v in transforms.items())
+            raise ValueError(
+                f"This model transforms its final logits ({found}), which the chunked EAFT LM head does not apply, so "
+                "the loss and weights would use the wrong distribution. Set eaft_chunk_size: null (EAFT then reads "
+                "the model's own logits, at the memory cost of full logits)."
+            )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.args.loss_type != "eaft":
@@ -69,6 +140,8 @@ class SFTTrainer(trl.SFTTrainer):
         labels = inputs["labels"]
         model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
         model_inputs["use_cache"] = False
+        if self.aux_loss_enabled:  # MoE: the model returns its router load-balancing loss (as TRL asks for it)
+            model_inputs["output_router_logits"] = True
         options = dict(
             top_k=self.args.eaft_top_k,
             alpha=self.args.eaft_alpha,
@@ -95,7 +168,26 @@ class SFTTrainer(trl.SFTTrainer):
                 self._record_metrics(lambda logits: logits, outputs.logits, labels)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # as TRL: num_items counts every rank's tokens
+        if self.aux_loss_enabled:
+            # As TRL: the coefficient-weighted router loss, a per-micro-batch mean, averaged over accumulation steps
+            # when the token loss is normalized by num_items_in_batch.
+            steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
+            loss = loss + self.router_aux_loss_coef * outputs.aux_loss / steps
+        self._record_token_count(inputs, outputs)
         return (loss, outputs) if return_outputs else loss
+
+    def _record_token_count(self, inputs, outputs) -> None:
+        """TRL's ``num_tokens`` (tokens trained on so far, every rank) and ``aux_loss`` metrics."""
+        mode = "train" if self.model.training else "eval"
+        if mode == "train":
+            if "attention_mask" in inputs:
+                count = inputs["attention_mask"].sum()
+            else:  # padding-free batches carry position_ids instead
+                count = torch.tensor(inputs["position_ids"].size(1), device=inputs["position_ids"].device)
+            self._total_train_tokens += self.accelerator.gather_for_metrics(count).sum().item() // self._tp_size
+        self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+        if self.aux_loss_enabled:
+            self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(outputs.aux_loss).mean().item())
 
     def _logs_this_step(self) -> bool:
         # Trainer logs after global_step is incremented, so the step being computed logs when (step + 1) % n == 0.

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from rlpost.envs.chord.optimize import ChordConfig, export_tracks, optimize_motion, toy_scene
 
-__all__ = ["load_chord_teacher", "run_chord_recipe", "run_chord_stage", "save_gif"]
+__all__ = ["check_chord_teacher", "load_chord_teacher", "run_chord_recipe", "run_chord_stage", "save_gif"]
 
 
 def load_chord_teacher(spec: Any) -> Any:
@@ -27,11 +27,17 @@ def load_chord_teacher(spec: Any) -> Any:
     """
     from rlpost.models.rf_video import TinyRFVideoTeacher, tiny_rf_video_teacher
 
-    name = spec.name_or_path
-    if name == "tiny:rf_video":
+    check_chord_teacher(spec)
+    if spec.name_or_path == "tiny:rf_video":
         return tiny_rf_video_teacher(seed=spec.seed)
-    if Path(name).is_dir() and (Path(name) / "model.safetensors").exists():
-        return TinyRFVideoTeacher.from_pretrained(name)
+    return TinyRFVideoTeacher.from_pretrained(spec.name_or_path)
+
+
+def check_chord_teacher(spec: Any) -> None:
+    """Refuse a teacher this build cannot load, before anything is trained or written."""
+    name = spec.name_or_path
+    if name == "tiny:rf_video" or (Path(name).is_dir() and (Path(name) / "model.safetensors").exists()):
+        return
     raise ValueError(
         f"model.name_or_path {name!r}: CHORD stages take 'tiny:rf_video' or a folder saved by "
         "TinyRFVideoTeacher.save_pretrained. A Wan 2.2 teacher adapter is not built yet (see recipes/chord/wan22.yaml)."
