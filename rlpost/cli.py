@@ -18,48 +18,11 @@ import os
 import sys
 from pathlib import Path
 
+from rlpost.console import quiet_third_party, quiet_training_imports
+
 __all__ = ["main"]
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
-
-
-# Warnings from libraries rlpost drives, about calls rlpost makes (deprecations inside transformers/TRL/torch/...):
-# the user cannot act on them, and on a tiny run they outnumber the lines that matter. `--verbose` keeps them.
-_QUIET_MODULES = r"(transformers|trl|torch|accelerate|peft|datasets|diffusers|huggingface_hub|wandb|deepspeed)(\.|$)"
-
-
-def quiet_third_party() -> None:
-    """Hide third-party deprecation / future warnings, library info logs and dataset-preparation progress bars in
-    this process (errors, third-party UserWarnings and rlpost's own warnings stay)."""
-    import logging
-    import warnings
-
-    for category in (DeprecationWarning, FutureWarning, PendingDeprecationWarning):
-        warnings.filterwarnings("ignore", category=category, module=_QUIET_MODULES)
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("DATASETS_VERBOSITY", "error")
-    for name in ("transformers", "trl", "accelerate", "datasets", "peft", "httpx"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    # DeepSpeed resets its logger's level when it creates it (at import); a filter survives that. Its import-time
-    # "Setting accelerator to CPU" warning is what every CPU run prints.
-    logging.getLogger("DeepSpeed").addFilter(lambda record: record.levelno >= logging.ERROR)
-
-
-def _quiet_training_imports() -> None:
-    """Import what training imports, with the banners it prints at import time (transformers' "[INFO] Running in
-    WANDB offline mode") and its weight-loading bars turned off."""
-    import contextlib
-    import io
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        import transformers.integrations.integration_utils  # noqa: F401
-    import transformers
-
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    import datasets
-
-    datasets.disable_progress_bars()  # dataset.map bars of TRL's preprocessing; the training bar stays
 
 
 def _env_defaults() -> None:
@@ -74,7 +37,7 @@ def cmd_train(args) -> int:
     from rlpost.recipe_runner import is_main_process
 
     if not args.verbose:
-        _quiet_training_imports()
+        quiet_training_imports()
     recipe = load_recipe(args.recipe, args.overrides)  # keys and types
     summary = check_recipe(recipe)  # rewards, advantages, TRL's own config checks; before any model loads
     if args.check:

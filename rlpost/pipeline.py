@@ -40,8 +40,6 @@ from rlpost.recipe_runner import (
 
 __all__ = ["load_model", "run_recipe"]
 
-_heldout = heldout_split  # the name earlier callers (tests, notebooks) import
-
 def run_recipe(recipe: Recipe, verbose: bool = False) -> dict:
     """Run every stage of ``recipe`` and return ``{"accuracy": {label: value}, "run_dir": ..., "world_size": ...}``.
 

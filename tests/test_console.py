@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rlpost.cli import quiet_third_party
+from rlpost.console import quiet_third_party
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICKSTART = str(ROOT / "recipes" / "quickstart.yaml")

@@ -1,42 +1,29 @@
-"""The quickstart's learning claim, end to end on the real recipe: GRPO raises held-out accuracy over the SFT
-checkpoint, and beats the control (more EAFT SFT for the same wall-clock time) — on two seeds.
+"""The quickstart's learning claim, end to end on the real recipe, on two seeds: GRPO raises held-out accuracy over the
+SFT checkpoint and beats more EAFT SFT for the same wall-clock time; rejection-sampling SFT (RS-SFT) for that time is
+measured beside it.
 
-Deterministic on CPU for a given seed; the margins asserted (0.10) are well below the measured gains (README).
+All arms come from :func:`rlpost.eval.controls.quickstart_controls`, the code path of
+``benchmarks/quickstart_control.py`` (whose 3-seed table is in the README). The margins asserted (0.10) are well below
+the measured gains, and hold on CPUs whose floating-point paths differ (the accuracies themselves do not: README).
+RS-SFT is not asserted to lose: at equal wall time it beats GRPO on this task (README), and this test must not claim
+otherwise; it is asserted to learn from the checker (beat the SFT checkpoint), which is what makes it a real control.
 """
 
 from pathlib import Path
 
 import pytest
 
-from rlpost.config import load_recipe
-from rlpost.logging import read_metrics
-from rlpost.pipeline import run_recipe
+from rlpost.eval.controls import quickstart_controls
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "quickstart.yaml"
-QUIET = ["sft.disable_tqdm=true", "grpo.disable_tqdm=true", "tracking.wandb=disabled", "tracking.plots=false"]
-
-
-def _train_runtime(run_dir, stage):
-    rows = [r for r in read_metrics(run_dir) if r["stage"] == stage and "train_runtime" in r]
-    return float(rows[-1]["train_runtime"]), int(rows[-1]["step"])
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 def test_grpo_beats_sft_checkpoint_and_equal_time_sft(tmp_path, seed):
-    run_dir = tmp_path / f"seed{seed}"
-    common = [f"output_dir={run_dir}", f"seed={seed}", f"model.seed={seed}", *QUIET]
-    recipe = load_recipe(RECIPE, common)
-    results = run_recipe(recipe)
-    after_sft, after_grpo = results["accuracy"]["after SFT"], results["accuracy"]["after GRPO"]
-    assert after_grpo >= after_sft + 0.10, results["accuracy"]
-
-    # Control: from the same SFT checkpoint (stage 0 is reused via resume), more EAFT SFT for GRPO's wall time.
-    grpo_seconds, _ = _train_runtime(run_dir, "1-grpo")
-    sft_seconds, sft_steps = _train_runtime(run_dir, "0-sft")
-    control = load_recipe(RECIPE, [*common, "resume=true"])
-    control.stages[1] = type(control.stages[0])(
-        trainer="sft", args={**control.stages[0].args, "max_steps": max(1, round(grpo_seconds * sft_steps / sft_seconds))}
-    )
-    more_sft = run_recipe(control)["accuracy"]["after SFT #2"]
-    assert after_grpo >= more_sft + 0.10, (after_sft, after_grpo, more_sft)
+    row = quickstart_controls(RECIPE, seed, tmp_path / f"seed{seed}")
+    assert row["after_grpo"] >= row["after_sft"] + 0.10, row
+    assert row["after_grpo"] >= row["after_more_sft"] + 0.10, row
+    assert row["rs_accepted"] > 0 and row["rs_sft_steps"] > 0, row  # the control trained on accepted samples
+    assert row["after_rs_sft"] >= row["after_sft"] + 0.05, row
+    assert abs(row["rs_sft_seconds"] - row["grpo_seconds"]) <= 0.2 * row["grpo_seconds"], row  # equal wall time

@@ -28,9 +28,9 @@ def test_eval_of_a_lora_final_dir_reproduces_the_trained_model(tmp_path, monkeyp
 
     from rlpost import pipeline
     from rlpost.config import load_recipe
-    from rlpost.envs import TASKS
-    from rlpost.eval.generation import generate_greedy
+    from rlpost.eval.generation import exact_match_accuracy, generate_greedy
     from rlpost.models import load_causal_lm, load_tokenizer
+    from rlpost.recipe_runner import build_task, heldout_split
 
     # The tiny base is random init living only in the model cache: give this run its own cache and delete it before
     # evaluating, so `rlpost eval` must rebuild the exact base from the run's own files.
@@ -58,7 +58,8 @@ def test_eval_of_a_lora_final_dir_reproduces_the_trained_model(tmp_path, monkeyp
     loaded = load_causal_lm(str(final))
     assert isinstance(loaded, PeftModel) and list(loaded.peft_config) == ["default"]
     recipe = load_recipe(QUICKSTART, TINY)
-    prompts = pipeline._heldout(recipe, TASKS[recipe.data.task](**recipe.data.task_options))["prompt"]
+    heldout = heldout_split(recipe, build_task(recipe))
+    prompts = heldout["prompt"]
     answers = generate_greedy(model, tokenizer, prompts, max_new_tokens=4)
     assert generate_greedy(loaded, tokenizer, prompts, max_new_tokens=4) == answers
     with loaded.disable_adapter():
@@ -71,9 +72,14 @@ def test_eval_of_a_lora_final_dir_reproduces_the_trained_model(tmp_path, monkeyp
         assert not isinstance(merged, PeftModel)
         torch.testing.assert_close(merged(ids).logits, expected, atol=1e-5, rtol=0)
 
-    # `rlpost eval` on the adapter folder prints the accuracy the pipeline measured on the in-memory model.
+    # `rlpost eval` on the adapter folder prints the accuracy the pipeline measured on the in-memory model, and that
+    # is the in-memory model's own exact-match score. Its value depends on the CPU's floating-point path (a tiny
+    # model's greedy answers flip with the last bits of a matmul), so it is compared, not asserted above a threshold;
+    # the greedy answers above already show the adapter is the trained one and not the base.
     accuracy = json.loads((run_dir / "results.json").read_text())["accuracy"]["after GRPO"]
-    assert accuracy > 0
+    in_memory, _ = exact_match_accuracy(model, tokenizer, prompts, heldout["answer"],
+                                        max_new_tokens=recipe.eval.max_new_tokens, batch_size=recipe.eval.batch_size)
+    assert accuracy == in_memory
     capsys.readouterr()
     assert main(["eval", QUICKSTART, *DATA, "--model", str(final)]) == 0
     assert f"held-out accuracy: {accuracy:.3f}" in capsys.readouterr().out

@@ -27,6 +27,7 @@ __all__ = [
     "WEIGHTS",
     "annealed_taus",
     "cfg_velocity",
+    "check_tau_options",
     "chord_weight",
     "inverse_cdf",
     "linear_weight",
@@ -119,6 +120,16 @@ def sample_taus(
 
 
 # -- the distillation gradient -------------------------------------------------------------------------------------
+def check_tau_options(schedule: str, weight: str, tau_min: float, tau_max: float) -> None:
+    """The tau options every W-RFSDS user takes (optimiser config, gradient source, reward), checked in one place."""
+    if schedule not in ("anneal", "sample"):
+        raise ValueError(f"schedule must be 'anneal' or 'sample', got {schedule!r}.")
+    if weight not in WEIGHTS:
+        raise ValueError(f"weight {weight!r} is unknown; choose one of {sorted(WEIGHTS)}.")
+    if not 0 <= tau_min < tau_max <= 1:
+        raise ValueError(f"need 0 <= tau_min < tau_max <= 1, got {tau_min}, {tau_max}.")
+
+
 def _per_sample(tau: Tensor | float, like: Tensor) -> Tensor:
     tau = torch.as_tensor(tau, dtype=like.dtype, device=like.device)
     return tau.reshape(tau.shape + (1,) * (like.dim() - tau.dim())) if tau.dim() else tau

@@ -27,6 +27,7 @@ from rlpost.algorithms.rfsds import (
     WEIGHTS,
     annealed_taus,
     cfg_velocity,
+    check_tau_options,
     noised_latent,
     rf_denoising_loss,
     rfsds_loss,
@@ -80,10 +81,7 @@ class RFScoreDistillation:
     def __init__(self, teacher: Any, iterations: int, schedule: str = "anneal", weight: str = "chord",
                  tau_min: float = 0.02, tau_max: float = 0.98, cfg_start: float = 25.0, cfg_end: float = 12.0,
                  reduction: str = "sum", seed: int = 0) -> None:
-        if schedule not in ("anneal", "sample"):
-            raise ValueError(f"schedule must be 'anneal' or 'sample', got {schedule!r}.")
-        if weight not in WEIGHTS:
-            raise ValueError(f"weight {weight!r} is unknown; choose one of {sorted(WEIGHTS)}.")
+        check_tau_options(schedule, weight, tau_min, tau_max)
         self.teacher = load_teacher(teacher)
         self.iterations, self.schedule, self.weight = iterations, schedule, WEIGHTS[weight]
         self.tau_min, self.tau_max = tau_min, tau_max
@@ -149,8 +147,7 @@ class RFScoreReward(RewardModule):
         if baseline not in ("unconditional", "none"):
             raise ValueError(f"rf_score: baseline must be 'unconditional' or 'none', got {baseline!r}.")
         self.baseline = baseline
-        if weight not in WEIGHTS:
-            raise ValueError(f"rf_score: weight {weight!r} is unknown; choose one of {sorted(WEIGHTS)}.")
+        check_tau_options("sample", weight, tau_min, tau_max)
         if samples < 1:
             raise ValueError(f"rf_score: samples must be >= 1, got {samples}.")
         self.teacher = load_teacher(teacher)

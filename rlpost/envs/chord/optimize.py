@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rlpost.algorithms.rfsds import WEIGHTS
+from rlpost.algorithms.rfsds import check_tau_options
 from rlpost.envs.chord.motion import HierarchicalMotion
 from rlpost.envs.chord.regularizers import (
     ARAP_SCHEDULE,
@@ -99,12 +99,7 @@ class ChordConfig:
     gif_every: int = 50
 
     def __post_init__(self) -> None:
-        if self.schedule not in ("anneal", "sample"):
-            raise ValueError(f"schedule must be 'anneal' or 'sample', got {self.schedule!r}.")
-        if self.weight not in WEIGHTS:
-            raise ValueError(f"weight {self.weight!r} is unknown; choose one of {sorted(WEIGHTS)}.")
-        if not 0 <= self.tau_min < self.tau_max <= 1:
-            raise ValueError(f"need 0 <= tau_min < tau_max <= 1, got {self.tau_min}, {self.tau_max}.")
+        check_tau_options(self.schedule, self.weight, self.tau_min, self.tau_max)
 
 
 @dataclass
