@@ -33,6 +33,7 @@ from rlpost.rewards.registry import (
 )
 from rlpost.rewards.runner import CallResult, run_calls
 from rlpost.rewards import text as _text  # noqa: F401  (registers the built-in text rewards)
+from rlpost.rewards.sets import set_exact_match, set_f1  # registers epiqal_f1 / epiqal_em (stdlib only)
 
 # Heavy or optional-dependency rewards: listed now, imported on first use.
 register_lazy_reward("image_target", "rlpost.rewards.image:ImageTarget", "Offline: -MSE between the image and a target colour or target image (no weights).")
@@ -70,6 +71,8 @@ __all__ = [
     "register_lazy_reward",
     "register_reward",
     "run_calls",
+    "set_exact_match",
+    "set_f1",
     "to_trl",
     "validate_fields",
 ]

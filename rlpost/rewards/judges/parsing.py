@@ -13,7 +13,7 @@ import json
 import re
 from typing import Literal
 
-__all__ = ["extract_json", "extract_score", "extract_yes_no", "repair_json"]
+__all__ = ["extract_json", "extract_score", "extract_yes_no", "iter_json_objects", "repair_json"]
 
 _FENCE = re.compile(r"```[ \t]*(?:json|JSON|json5|javascript|js|python|py)?[ \t]*\n?(.*?)```", re.DOTALL)
 _PY_LITERALS = {"True": "true", "False": "false", "None": "null"}
@@ -124,6 +124,15 @@ def _load_object(candidate: str) -> dict | None:
             continue
         return value if isinstance(value, dict) else None
     return None
+
+
+def iter_json_objects(text: str | None):
+    """Every top-level balanced ``{...}`` span of ``text`` that parses to an object (repaired if near-JSON), in
+    order of appearance; for callers that choose among several objects by their keys."""
+    for start, end in _balanced_spans(text or ""):
+        value = _load_object(text[start:end])
+        if value is not None:
+            yield value
 
 
 def extract_json(text: str | None, prefer: Literal["first", "last"] = "first") -> dict | None:
