@@ -351,6 +351,8 @@ class LammpsExecutor:
         if missing and not self._policy.weaker_allowed:
             raise SandboxUnavailable(missing)
         self.sandbox_missing = missing
+        self.allow_weaker = allow_weaker
+        self.sandbox_mechanisms = list(self._policy.mechanisms)
         contained = "landlock" in self._policy.mechanisms and "landlock" not in missing
         self.allow_variable_paths = contained if allow_variable_paths is None else allow_variable_paths
         self._pool: ThreadPoolExecutor | None = None
