@@ -130,9 +130,9 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=available_cores())
     ap.add_argument("--limit", type=int, default=None, help="only the first N tasks")
     ap.add_argument("--strict", action="store_true",
-                    help="executor defaults: reject file names built from variables and "
-                         "'jump FILE'; by default the names are checked after substitution "
-                         "and 'jump FILE' is read as 'jump SELF'")
+                    help="reject file names built from variables and 'jump FILE' up front; by "
+                         "default the names are checked after substitution (and contained by the "
+                         "kernel) and 'jump FILE' is read as 'jump SELF'")
     ap.add_argument("--json", type=Path, default=None, help="write per-task buckets here")
     ap.add_argument("--bare", action="store_true", help="plain lmp, no sandbox: write the indices that run")
     ap.add_argument("--bare-out", type=Path, default=BARE_OK)
@@ -162,7 +162,7 @@ def main(argv=None) -> int:
     ex = LammpsExecutor(timeout_s=args.timeout, memory_mb=args.memory_mb,
                         potentials_dir=args.bench / "potentials", max_atoms=args.max_atoms,
                         max_run_steps=args.steps, cap_run_steps=True,
-                        allow_variable_paths=not args.strict,
+                        allow_variable_paths=False if args.strict else None,
                         jump_files_as_self=not args.strict, workers=args.workers)
     t0 = time.monotonic()
     results = ex.run_many([t.reference_code for t in tasks])

@@ -393,10 +393,26 @@ def _seccomp_filter(policy: SandboxPolicy):
     return f
 
 
+def _open_socket_count() -> int | None:
+    """Socket descriptors of this process (None where ``/proc/self/fd`` cannot be read)."""
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return None
+    n = 0
+    for fd in fds:
+        try:
+            n += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+        except OSError:  # the descriptor listdir itself used, closed by now
+            pass
+    return n
+
+
 def enter(policy: SandboxPolicy | dict) -> dict:
     """Apply ``policy`` to the current process; irreversible. Call it before reading any untrusted input.
 
-    Returns ``{"enforced": [...], "skipped": {mechanism: why}, "uid": uid or None}``. Raises
+    Returns ``{"enforced": [...], "skipped": {mechanism: why}, "uid": uid or None, "open_sockets": n}``, where
+    ``n`` counts the socket descriptors already open on entry (the ``socket`` rule cannot close those). Raises
     :class:`SandboxUnavailable` when a mechanism the policy asks for is missing on this host and the weaker mode
     is off. Call it from a single-threaded process: rlimits, the uid and seccomp apply to the calling thread's
     process (uid and seccomp to threads created later), and the Landlock domain to the calling thread and its
@@ -415,7 +431,7 @@ def enter(policy: SandboxPolicy | dict) -> dict:
         import logging
 
         logging.getLogger(__name__).warning("sandbox: %s is NOT enforced (%s); running in the weaker mode that was asked for", name, why)
-    report = {"enforced": [], "skipped": dict(missing), "uid": None}
+    report = {"enforced": [], "skipped": dict(missing), "uid": None, "open_sockets": _open_socket_count()}
     for name in MECHANISMS:
         if name not in policy.mechanisms:
             report["skipped"].setdefault(name, "left out by the policy")

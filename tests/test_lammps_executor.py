@@ -156,6 +156,18 @@ def test_timeout_kills_the_worker_within_a_second():
     assert not os.path.exists(f"/proc/{r.pid}")
 
 
+def test_worker_enters_the_sandbox_without_sockets_and_leaves_no_shared_memory(ex):
+    # MPI_Init runs before the sandbox: it must not leave network sockets open for the script's lifetime, nor a
+    # /dev/shm segment behind (the worker cannot unlink it from inside the sandbox; a killed one never could)
+    finished = ex.run(MELT)
+    killed = LammpsExecutor(timeout_s=1.0, memory_mb=1024, max_run_steps=None).run(
+        MELT.replace("run             50", "run 100000000"))
+    assert finished.ok and killed.timed_out
+    for r in (finished, killed):
+        assert r.sandbox["open_sockets"] == 0
+        assert not any(n.startswith(f"mpich_shm_{r.pid:x}_") for n in os.listdir("/dev/shm"))
+
+
 def test_log_command_is_neutralized(ex):
     r = ex.run(MELT.replace("thermo          10", "log mine.log\nthermo 10"))
     assert r.ok and len(r.thermo["Step"]) == 6

@@ -78,6 +78,12 @@ def hostile_cases(c: str):
         # '..' built from a variable: invisible to the static pass, caught after substitution
         ("dotdot_variable", "variable a string .\nprint hi file ${a}${a}/${a}${a}/rt.txt", "run",
          "rejected at run time"),
+        # a formula may start a word with '/' (a division), but its value is a number, never a path
+        ("path_in_equal_variable", BOX + f"variable p equal {c}/x.data\nwrite_data ${{p}}", "run",
+         "Invalid syntax in variable formula"),
+        ("home_in_formula", BOX + "variable p equal ~/x", "rejected", "home path"),
+        ("slash_in_string_variable", BOX + "variable p string /", "rejected", "absolute path"),
+        ("single_quoted_immediate", f"print '$(' file {c}/q.txt ')'", "rejected", "absolute path"),
         ("command_from_variable", "variable c string shell\n${c} touch x", "rejected",
          "command name may not come from a variable"),
         # static pass sees no file keyword; after substitution this is 'print hi file ../x'
@@ -274,6 +280,33 @@ def test_variable_output_names_run_when_the_kernel_contains_them(tmp_path):
 def test_sanitizer_allows_safe_forms(script, actions, tmp_path):
     out = sanitize(script, work_dir=str(tmp_path))
     assert [c.action for c in out.commands] == actions
+
+
+@pytest.mark.parametrize("formula", [
+    'variable srate1 equal "v_srate / 1.0e12"',  # MD-EvalBench reference 42
+    "variable r equal v_a /2", 'variable f atom "x /(lx+1)"', 'variable v vector "[1,2] / 3"',
+    'if "${a} / 2 > 1" then "print ok"', 'print "half: $(v_a / 2)"', "velocity all create $(v_T / (1+1)) 3",
+])
+def test_division_in_formulas_is_not_read_as_an_absolute_path(formula):
+    sanitize(formula)
+
+
+@pytest.mark.parametrize("script", [
+    "variable p string /", "variable p index /tmp/x", "group2ndx //tmp/x all", "write_data /./tmp/x",
+    'print "a / b"', 'print "$(1) /tmp/x"', 'print "$(1 /tmp/x"', "group2ndx '$(' /tmp/x ')'",
+    'print """$(v_a /tmp/x)"""', 'variable a equal "v_b / ../x"', "variable a equal ~/x",
+])
+def test_slash_outside_formulas_is_still_an_absolute_path(script):
+    with pytest.raises(ScriptRejected, match="absolute path"):
+        sanitize(script)
+
+
+def test_divisions_run_and_evaluate(tmp_path):
+    ex = LammpsExecutor(timeout_s=10, memory_mb=1024, workdir_root=tmp_path)
+    r = ex.run(BOX + 'variable T equal 2.0\nvariable h equal "v_T / 2"\nvelocity all create $(v_T / 2) 3\n'
+               'print "h=${h} q=$(v_T / 4)"\nrun 0')
+    assert r.ok, r.error
+    assert r.thermo["Temp"] == [1.0] and "h=1 q=0.5" in r.log.splitlines()
 
 
 def test_split_commands_matches_lammps_rules():

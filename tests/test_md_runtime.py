@@ -243,6 +243,19 @@ def test_lammps_syntax_mode(executor, monkeypatch):
     env.close()
 
 
+def test_lammps_syntax_mode_keeps_the_executors_sandbox_options(potentials, tmp_path):
+    from rlpost.rewards.lammps import LammpsExecutor
+
+    # without seccomp, opted into the weaker mode: the quick launch must not fall back to the defaults
+    ex = LammpsExecutor(timeout_s=30, memory_mb=1024, potentials_dir=potentials, workers=1, workdir_root=tmp_path,
+                        allow_weaker=True, sandbox_mechanisms=["rlimits", "uid_drop", "no_new_privs", "landlock"])
+    env = MDRuntimeEnv(ex, syntax_check="lammps", max_rounds=1)
+    record = env.run(Scripted([fenced(CU_SCRIPT.format(potential="Cu_u3.eam"))]), "Copper.").rounds[0]
+    assert record.stage == "success"
+    assert "seccomp" not in record.result["sandbox"]["enforced"] and "landlock" in record.result["sandbox"]["enforced"]
+    env.close()
+
+
 def test_generator_failure_ends_episode_cleanly(executor):
     def broken(messages):
         raise ConnectionError("server down")

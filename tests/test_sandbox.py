@@ -8,6 +8,8 @@ layer that stopped working cannot hide behind another one.
 import json
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -91,7 +93,18 @@ def test_full_policy_stops_every_escape_with_the_kernels_error(dirs):
     assert out["write_work_dir"] == "allowed" and (work / "inside.txt").read_text() == "ok"
     assert out["threads"] == 4 and out["import_after_drop"] == 2
     assert out["uid"] == res.sandbox["uid"] >= sandbox.UID_BASE
+    assert res.sandbox["open_sockets"] == 0
     assert canary_state(canary) == before
+
+
+def test_report_counts_sockets_opened_before_entering(tmp_path):
+    # seccomp stops new sockets only; one opened earlier survives, and the report must say so
+    code = ("import json, socket, sys; from rlpost import sandbox; held = socket.socket(); "
+            "print(json.dumps(sandbox.enter(json.loads(sys.argv[1]))))")
+    pol = policy(tmp_path, mechanisms=["no_new_privs"]).to_dict()
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(pol)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1])["open_sockets"] == 1
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="as root, file modes do not stop writes: only Landlock does")

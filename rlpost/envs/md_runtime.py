@@ -333,12 +333,13 @@ class Trajectory:
 
 def _run_summary(result: Any, tail_rows: int = 3) -> dict[str, Any]:
     """What a trajectory keeps of a LammpsResult: status and error, atom count, executed runs and the end-of-run
-    thermo values of the last runs (from the LAMMPS API, not the log)."""
+    thermo values of the last runs (from the LAMMPS API, not the log), and the sandbox report (which kernel
+    mechanisms were enforced, which skipped)."""
     thermo = {name: values[-tail_rows:] for name, values in api_thermo(result.runs).items()}
     return {"ok": result.ok, "stage": result.stage, "error": result.error, "failed_line": result.failed_line,
             "natoms": result.natoms, "wall_s": round(result.wall_s, 3), "timed_out": result.timed_out,
             "warnings": list(result.warnings), "n_runs": result.n_runs, "steps": result.steps,
-            "thermo_tail": thermo}
+            "thermo_tail": thermo, "sandbox": result.sandbox}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -552,7 +553,8 @@ class MDRuntimeEnv:
                 timeout_s=self.syntax_timeout_s, memory_mb=ex.memory_mb, potentials_dir=ex.potentials_dir,
                 max_atoms=ex.max_atoms, max_run_steps=ex.max_run_steps, cap_run_steps=ex.cap_run_steps,
                 allow_variable_paths=ex.allow_variable_paths, jump_files_as_self=ex.jump_files_as_self,
-                workers=1, workdir_root=ex.workdir_root, max_log_chars=ex.max_log_chars)
+                workers=1, workdir_root=ex.workdir_root, max_log_chars=ex.max_log_chars,
+                allow_weaker=ex.allow_weaker, sandbox_mechanisms=ex.sandbox_mechanisms)
         quick = self._syntax_executor.run(script)
         if quick.timed_out:  # still running after the window: it launched, MDAgent2 counts that as OK
             return None, None

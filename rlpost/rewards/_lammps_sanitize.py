@@ -17,7 +17,9 @@ into commands the way LAMMPS does (``&`` continuation, ``\"\"\"`` blocks,
   hands compressed file names to ``popen``), no compression suffix, and, once the
   work dir exists, ``os.path.realpath`` inside it;
 * rejects absolute paths, ``~`` and ``..`` in *any* word of any command, so that
-  file arguments this pass does not know by position are covered too;
+  file arguments this pass does not know by position are covered too; only
+  formulas (equal/atom/vector ``variable`` expressions, the ``if`` condition,
+  ``$(...)``) may have a word that starts with ``/``, a division there;
 * inlines ``include`` files from the trusted potentials dir after checking them
   the same way, and turns ``label``/``jump SELF``/``log``/``shell mkdir`` into
   actions the worker performs itself;
@@ -194,6 +196,11 @@ _COMPRESSED = (".gz", ".bz2", ".zst", ".xz", ".lzma", ".lz4")
 _SAFE_PATH = re.compile(r"^[A-Za-z0-9_.\-+=,@%*/]+$")
 # any leading '/' ('//tmp/x' and '/./tmp/x' too), a leading '~', or a '..' component
 _ABS_OR_PARENT = re.compile(r"(^/)|(^~)|((^|/)\.\.(/|$))")
+# in a formula a leading '/' is a division ('v_srate / 1.0e12'); '~' and '..' are no operators there
+_HOME_OR_PARENT = re.compile(r"(^~)|((^|/)\.\.(/|$))")
+# variable styles whose arguments LAMMPS parses as a formula, never as a file name; their value is a number (or
+# per-atom/vector numbers) when substituted, so it cannot become a path elsewhere either
+_FORMULA_VARIABLE_STYLES = {"equal", "atom", "vector"}
 _FILE_KEYWORDS = {"file", "append", "out", "overwrite", "infile", "outfile"}
 RESERVED_OUTPUTS = {"log.lammps"}
 # word index of positional output files of fixes ('fix ID group style ...')
@@ -208,11 +215,58 @@ def _fail(reason: str, line: int) -> None:
     raise ScriptRejected(reason, line)
 
 
-def _check_all_words(words: list[str], line: int) -> None:
-    # File arguments this pass does not know by position are still covered here.
-    for w in words:
+def _formula_word_indices(words: list[str]) -> range:
+    """Indices of the words LAMMPS reads as a formula: the expression of an equal/atom/vector ``variable`` and the
+    condition of ``if``."""
+    name = _unquote(words[0])
+    if name == "variable" and len(words) > 3 and _unquote(words[2]) in _FORMULA_VARIABLE_STYLES:
+        return range(3, len(words))
+    if name == "if" and len(words) > 1:
+        return range(1, 2)
+    return range(0)
+
+
+def _without_immediate_formulas(text: str) -> str:
+    """``text`` with each ``$(...)`` span (an immediate formula: LAMMPS replaces it by its number before it splits
+    the line into words) read as the number ``0``. Only the spans LAMMPS substitutes: not inside single or triple
+    quotes, and none that holds a quote or lacks its closing parenthesis; those stay and are checked as written."""
+    out, i, n, in_double = [], 0, len(text), False
+    while i < n:
+        quote = '"""' if text.startswith('"""', i) else "'" if text[i] == "'" and not in_double else None
+        if quote is not None:  # LAMMPS substitutes nothing in these
+            end = text.find(quote, i + len(quote))
+            end = n if end < 0 else end + len(quote)
+            out.append(text[i:end])
+            i = end
+            continue
+        if text[i] == '"':
+            in_double = not in_double
+        elif text.startswith("$(", i):
+            depth, j = 0, i + 1
+            while j < n and text[j] not in "\"'":
+                depth += {"(": 1, ")": -1}.get(text[j], 0)
+                if depth == 0:
+                    break
+                j += 1
+            if j < n and depth == 0:
+                out.append("0")
+                i = j + 1
+                continue
+        out.append(text[i])
+        i += 1
+    return "".join(out)
+
+
+def _check_all_words(text: str, line: int) -> None:
+    # File arguments this pass does not know by position are still covered here; formulas are no file arguments,
+    # so a '/' that starts one of their words is a division (MD-EvalBench reference 42: 'v_srate / 1.0e12').
+    # LAMMPS replaces '$(...)' before it splits the line into words, spaces inside included: so does this check.
+    words = split_words(_without_immediate_formulas(text))
+    formulas = _formula_word_indices(words)
+    for k, w in enumerate(words):
+        pattern = _HOME_OR_PARENT if k in formulas else _ABS_OR_PARENT
         for piece in _unquote(w).split():
-            if _ABS_OR_PARENT.search(piece):
+            if pattern.search(piece):
                 _fail(f"'{piece}' is an absolute path, a home path or contains '..'; "
                       "use a plain relative file name inside the work dir", line)
             if piece.lower().endswith(_COMPRESSED) and not piece.startswith("-"):
@@ -370,7 +424,7 @@ def _sanitize_command(ctx: _Ctx, text: str, line: int) -> Command:
             if _unquote(w).split("/")[0] in _FORBIDDEN_STYLE_PREFIXES:
                 _fail(f"style '{_unquote(w)}' is forbidden in the sandbox (runs code or "
                       "opens sockets)", line)
-    _check_all_words(words, line)
+    _check_all_words(text, line)
 
     if name == "shell":
         if "$" in text:

@@ -44,6 +44,7 @@ A reward wrapper stays thin::
 
 from __future__ import annotations
 
+import glob
 import importlib.util
 import json
 import math
@@ -351,6 +352,8 @@ class LammpsExecutor:
         if missing and not self._policy.weaker_allowed:
             raise SandboxUnavailable(missing)
         self.sandbox_missing = missing
+        self.allow_weaker = allow_weaker
+        self.sandbox_mechanisms = list(self._policy.mechanisms)
         contained = "landlock" in self._policy.mechanisms and "landlock" not in missing
         self.allow_variable_paths = contained if allow_variable_paths is None else allow_variable_paths
         self._pool: ThreadPoolExecutor | None = None
@@ -497,7 +500,10 @@ class LammpsExecutor:
     def _launch(self, job_path: str, run_dir: str, work: str):
         env = {"PATH": "/usr/bin:/bin", "HOME": work, "TMPDIR": work, "LANG": "C.UTF-8",
                "OMP_NUM_THREADS": "1",
-               "LD_LIBRARY_PATH": os.path.join(sys.prefix, "lib")}
+               "LD_LIBRARY_PATH": os.path.join(sys.prefix, "lib"),
+               # one rank talks only to itself: without this, UCX (mpich's network layer) opens two TCP listening
+               # sockets and two UNIX sockets in MPI_Init, before the sandbox is entered, and they stay open
+               "UCX_TLS": "self"}
         err_path = os.path.join(run_dir, "stderr.txt")
         disk_error = None
         with open(err_path, "wb") as err:
@@ -522,6 +528,7 @@ class LammpsExecutor:
             finally:
                 waiter.close()
             self._kill_group(proc)  # nothing of the group may outlive the run
+            _remove_mpi_shm(proc.pid)
         with open(err_path, encoding="utf-8", errors="replace") as f:
             stderr = f.read()
         return proc.pid, proc.returncode, timed_out, disk_error, stderr
@@ -538,6 +545,18 @@ class LammpsExecutor:
                 return commands[int(f.read().strip())].line
         except (OSError, ValueError, IndexError):
             return None
+
+
+def _remove_mpi_shm(pid: int) -> None:
+    """Unlink the shared-memory segment mpich's ``MPI_Init`` made for worker ``pid`` (``/dev/shm/mpich_shm_<pid
+    hex>_<n>``, about 1 MB). ``MPI_Finalize`` would unlink it, but the worker cannot: it made it as root before the
+    sandbox, and Landlock keeps it out of ``/dev/shm`` afterwards (and a killed worker finalizes nothing). Without
+    this, every script leaves one in RAM-backed ``/dev/shm``."""
+    for path in glob.glob(f"/dev/shm/mpich_shm_{pid:x}_*"):
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
 
 def resolve_executor(executor, executor_options, owner: str, **defaults) -> tuple[LammpsExecutor, bool]:
