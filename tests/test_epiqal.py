@@ -161,3 +161,15 @@ def test_every_released_item_loads_without_leaking_its_answer():
     a = load_epiqal(DATA / "EpiQAL-A.qa_noparagraph.json", missing_passage="omit")
     sizes = [len(r["ref_answers"]) for r in a]
     assert [sizes.count(k) for k in (1, 2, 3, 4)] == [405, 56, 10, 4]  # A is the multi-answer subset
+
+
+def test_chat_generate_answers_every_prompt_through_the_chat_template(files, tiny_model, tiny_tokenizer):
+    from rlpost.eval.epiqal import chat_generate
+
+    records = load_epiqal(files)
+    generate = chat_generate(tiny_model, tiny_tokenizer, max_new_tokens=3, temperature=0.0, batch_size=2)
+    replies = generate([r["prompt"] for r in records])
+    assert len(replies) == 3 and all(isinstance(r, str) for r in replies)
+    assert replies == generate([r["prompt"] for r in records])  # greedy at temperature 0
+    out = evaluate_epiqal(generate, records, attempts=1)  # a random tiny model writes no JSON: all unparsed, 0
+    assert out["parse_failures"] == 3 and out["em"] == 0.0 and out["f1"] == 0.0

@@ -79,27 +79,17 @@ def more_sft_control(recipe_path: str | Path, overrides: list[str], seconds: flo
     return run_recipe(run)["accuracy"]["after SFT #2"], steps
 
 
-@torch.no_grad()
 def sample_completions(model, tokenizer, prompts: list[str], num_samples: int, max_new_tokens: int,
                        temperature: float = 1.0, top_p: float = 1.0, top_k: int | None = 0, min_p: float | None = None,
                        batch_size: int = 64) -> list[list[str]]:
-    """``num_samples`` sampled completions per prompt (``model.generate``, left padding), as decoded text without
-    special tokens: what GRPO's rewards see."""
-    was_training = model.training
-    model.eval()
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    out: list[list[str]] = []
-    for start in range(0, len(prompts), batch_size):
-        batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True).to(model.device)
-        generated = model.generate(
-            **batch, do_sample=True, num_return_sequences=num_samples, max_new_tokens=max_new_tokens,
-            temperature=temperature, top_p=top_p, top_k=top_k or 0, min_p=min_p, pad_token_id=tokenizer.pad_token_id,
-        )
-        texts = tokenizer.batch_decode(generated[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-        out.extend(texts[i : i + num_samples] for i in range(0, len(texts), num_samples))
-    tokenizer.padding_side = side
-    model.train(was_training)
-    return out
+    """``num_samples`` sampled completions per prompt, as decoded text without special tokens: what GRPO's rewards
+    see."""
+    from rlpost.eval.generation import generate_texts
+
+    texts = generate_texts(model, tokenizer, prompts, max_new_tokens, batch_size, do_sample=True,
+                           num_return_sequences=num_samples, temperature=temperature, top_p=top_p, top_k=top_k or 0,
+                           min_p=min_p)
+    return [texts[i : i + num_samples] for i in range(0, len(texts), num_samples)]
 
 
 def rejection_sampling_sft(recipe: Recipe, seconds: float, options: RSSFTOptions | None = None) -> dict:
@@ -115,7 +105,7 @@ def rejection_sampling_sft(recipe: Recipe, seconds: float, options: RSSFTOptions
 
     from rlpost.eval.generation import exact_match_accuracy
     from rlpost.models import load_causal_lm, load_tokenizer
-    from rlpost.recipe_runner import build_task, heldout_split
+    from rlpost.recipe_runner import build_task, heldout_split, stage_config
     from rlpost.rewards import build_rewards
     from rlpost.rewards.base import WeightedSum
     from rlpost.trainers import SFTTrainer
@@ -138,8 +128,7 @@ def rejection_sampling_sft(recipe: Recipe, seconds: float, options: RSSFTOptions
     task = build_task(recipe)
     tokenizer, model = load_tokenizer(str(final)), load_causal_lm(str(final))
     use_cpu = not torch.cuda.is_available()
-    grpo_args = trainer_config_class("grpo")(output_dir=str(run_dir / "rs-sft"), use_cpu=use_cpu, bf16=False,
-                                             **grpo_stage.args)
+    grpo_args = stage_config(recipe, 1, grpo_stage, report_to=[])  # its sampling settings, as the stage had them
     checker = WeightedSum(build_rewards(grpo_stage.rewards), [r.weight for r in grpo_stage.rewards])
     samples = options.samples_per_prompt or grpo_args.num_generations
     pool = task.split(grpo_stage.split or "rl")

@@ -71,23 +71,12 @@ def chat_generate(model: Any, tokenizer: Any, max_new_tokens: int = 512, tempera
                   batch_size: int = 4) -> Generate:
     """A ``generate`` for a local transformers chat model (the released setting samples at temperature 0.3;
     0 decodes greedily)."""
-    import torch
+    from rlpost.eval.generation import generate_texts
+
+    sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
 
     def generate(prompts: list[list[dict[str, str]]]) -> list[str]:
-        side, tokenizer.padding_side = tokenizer.padding_side, "left"
-        replies: list[str] = []
-        try:
-            for start in range(0, len(prompts), batch_size):
-                texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
-                         for p in prompts[start : start + batch_size]]
-                batch = tokenizer(texts, return_tensors="pt", padding=True).to(model.device)
-                sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
-                with torch.no_grad():
-                    out = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                         **sampling)
-                replies += tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-        finally:
-            tokenizer.padding_side = side
-        return replies
+        texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+        return generate_texts(model, tokenizer, texts, max_new_tokens, batch_size, **sampling)
 
     return generate

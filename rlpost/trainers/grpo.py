@@ -91,8 +91,8 @@ def resolve_advantage(args: "GRPOConfig") -> tuple[Callable | None, dict[str, An
         return None, {}
     fn = get_advantage(args.advantage)
     parameters = inspect.signature(fn).parameters
-    check_advantage_options(args.advantage, {"eps": args.advantage_eps, **args.advantage_options})
     options = {"eps": args.advantage_eps, **args.advantage_options}
+    check_advantage_options(args.advantage, options)
     takes_std = "std" in parameters
     default_std = parameters["std"].default if takes_std else None
     scale = args.scale_rewards
